@@ -1,0 +1,36 @@
+"""Fields every experiment shares, with their defaults; each experiment's config starts from this."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # root key: split once into init, data order and step keys
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tfds"          # "tfds" (TFDS order) or "idx" (IDX files in file order)
+  c.data.data_dir = ""            # TFDS data dir or IDX folder; "" = TFDS_DATA_DIR / JAXAE_IDX_DIR / TFDS default
+  c.data.download = True          # let TFDS download MNIST when it is missing
+  c.data.scaling = "unit"         # "unit" x/255, "unit256" x/256, "symmetric" [-1, 1], "centered" minus mean image
+  c.data.train_subset = 0         # first N training images (0 = all)
+  c.data.test_subset = 0          # first N test images (0 = all)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "dense"          # a key of jaxae.models.MODELS
+  c.model.kwargs = ml_collections.ConfigDict()  # the model's fields
+
+  c.loss = ml_collections.ConfigDict({"mse": 1.0})  # term name (jaxae.objective.TERMS) -> weight
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"       # "adam" or "sgd"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 0.0  # L2 added to the gradient before the optimizer (PyTorch Adam(weight_decay))
+
+  c.batch_size = 128
+  c.epochs = 20
+  c.shuffle = True                # False: batches in the data's own order
+  c.chunk_steps = 100             # steps per compiled scan call (progress-bar granularity)
+  c.eval_batch_size = 1000
+  c.checkpoint_every_epochs = 1
+  c.keep_checkpoints = 3
+  return c

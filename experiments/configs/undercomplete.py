@@ -1,0 +1,35 @@
+"""S1: undercomplete dense autoencoder with a 3-D code (SEEDS.md S1).
+
+Encoder 784-128-64-12-3 with LeakyReLU(0.1) between layers and a linear code; decoder 3-12-64-128-784,
+LeakyReLU(0.1), sigmoid output. Adam (lr 1e-3), per-pixel MSE (PyTorch's MSELoss), batch 128, pixels in [0, 1].
+
+  python -m experiments.main --config experiments/configs/undercomplete.py --workdir runs/s1
+
+Cost and result (see the README's results table): WALLTIME_AND_RESULT
+`--config experiments/configs/undercomplete.py:smoke` runs 512 images for 2 epochs.
+"""
+
+from experiments.configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  c.model.name = "dense"
+  c.model.kwargs.encoder_features = (128, 64, 12, 3)
+  c.model.kwargs.decoder_features = (12, 64, 128, 784)
+  c.model.kwargs.activation = "leaky_relu"
+  c.model.kwargs.negative_slope = 0.1
+  c.model.kwargs.code_activation = "linear"
+  c.model.kwargs.output_activation = "sigmoid"
+  c.loss = {"mse": 1.0}
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.batch_size = 128
+  c.epochs = 20
+  if arg == "smoke":
+    c.data.train_subset = 512
+    c.data.test_subset = 256
+    c.batch_size = 64
+    c.epochs = 2
+    c.chunk_steps = 4
+  return c

@@ -1,0 +1,161 @@
+"""MNIST from TFDS or IDX files into device arrays, preprocessing, and per-epoch batch indices."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxae.errors import UserError
+
+SCALINGS = ("unit", "unit256", "symmetric", "centered")
+SOURCES = ("tfds", "idx")
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a uint8 array of the shape its header gives.
+
+  Args:
+    path: file in the IDX format: zero, zero, type byte 0x08 (uint8), number of dimensions, then one
+      big-endian uint32 per dimension and the raw data.
+  """
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise UserError(f"{path} is not an IDX file of uint8 (bad header); re-download the MNIST IDX files.")
+  ndim = raw[3]
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise UserError(f"{path} holds {data.size} values, its header says {shape}: the file is truncated.")
+  return data.reshape(shape)
+
+
+def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST images [N, 28, 28] uint8 and labels [N] in the files' own order."""
+  found = []
+  for stem in IDX_FILES[split]:
+    candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    if path is None:
+      raise UserError(
+          f"MNIST IDX file {stem}(.gz) not found in {directory!r}. Put the four MNIST IDX files there, "
+          "or point --config.data.data_dir (or JAXAE_IDX_DIR) at the folder that holds them.")
+    found.append(read_idx(path))
+  return found[0], found[1]
+
+
+def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST images [N, 28, 28] uint8 and labels [N] through `tfds.load(batch_size=-1)`, TFDS's order."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
+
+  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+  builder = tfds.builder("mnist", data_dir=data_dir)
+  how_to = (
+      "With network access nothing is needed: leave --config.data.download=True and TFDS downloads it. "
+      "Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that holds mnist/3.0.1 "
+      "prepared by TFDS (this project's shared/data/tfds is one).")
+  if not builder.is_prepared() and not download:
+    raise UserError(f"MNIST is not in the TFDS data dir {builder.data_dir_root!r}. {how_to}")
+  try:
+    ds = tfds.as_numpy(tfds.load("mnist", split=split, data_dir=data_dir, batch_size=-1,
+                                 download=download))
+  except Exception as e:  # a failed download surfaces as many exception types
+    raise UserError(f"Could not load MNIST through TFDS ({type(e).__name__}: {e}). {how_to}") from e
+  return ds["image"][..., 0], ds["label"]
+
+
+def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -> np.ndarray:
+  """uint8 images [N, ...] -> float64 [N, D] flattened (cast to the run's dtype on the device).
+
+  Args:
+    images: [N, 28, 28] uint8.
+    scaling: "unit": x / 255 in [0, 1]; "unit256": x / 256, as the Theano tutorial's mnist.pkl.gz
+      (largest value 0.99609375); "symmetric": (x / 255 - 0.5) / 0.5 in [-1, 1];
+      "centered": x / 255 minus `mean`.
+    mean: [D] mean training image in [0, 1], for "centered" only.
+  """
+  x = images.reshape(images.shape[0], -1).astype(np.float64)
+  if scaling == "unit":
+    x = x / 255.0
+  elif scaling == "unit256":
+    x = x / 256.0
+  elif scaling == "symmetric":
+    x = (x / 255.0 - 0.5) / 0.5
+  elif scaling == "centered":
+    if mean is None:
+      raise ValueError("scaling='centered' needs the mean training image")
+    x = x / 255.0 - mean
+  else:
+    raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
+  return x
+
+
+class Split(NamedTuple):
+  """One split on the device: x [N, 784] float, labels [N] int32."""
+  x: jax.Array
+  labels: jax.Array
+
+
+def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int = 0,
+               test_subset: int = 0, data_dir: str = "", download: bool = True,
+               dtype=jnp.float32) -> dict[str, Split]:
+  """Both MNIST splits, preprocessed, as device arrays.
+
+  Args:
+    source: "tfds" (TFDS's order) or "idx" (IDX files in file order, from `data_dir` or JAXAE_IDX_DIR).
+    scaling: see `scale`; "centered" subtracts the mean of the (subset of the) training images.
+    train_subset, test_subset: keep the first N examples of the split (0 keeps all).
+    data_dir: TFDS data dir or IDX folder ("" = the default: TFDS_DATA_DIR, or JAXAE_IDX_DIR).
+    download: let TFDS download MNIST when it is missing.
+    dtype: float dtype of the images on the device.
+
+  Returns:
+    {"train": Split, "test": Split}.
+  """
+  if source not in SOURCES:
+    raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
+  if scaling not in SCALINGS:
+    raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
+  raw = {}
+  for split, n in (("train", train_subset), ("test", test_subset)):
+    if source == "tfds":
+      images, labels = load_tfds(split, data_dir=data_dir or None, download=download)
+    else:
+      directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
+      if not directory:
+        raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
+                        "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
+      images, labels = load_idx(directory, split)
+    if n:
+      images, labels = images[:n], labels[:n]
+    raw[split] = images, labels
+  mean = raw["train"][0].reshape(len(raw["train"][0]), -1).mean(0) / 255.0 if scaling == "centered" else None
+  return {split: Split(jnp.asarray(scale(images, scaling=scaling, mean=mean), dtype),
+                       jnp.asarray(labels, jnp.int32))
+          for split, (images, labels) in raw.items()}
+
+
+def epoch_indices(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int, *,
+                  shuffle: bool = True) -> jax.Array:
+  """Example indices of one epoch's batches, [num_examples // batch_size, batch_size] int32.
+
+  The order is a function of (data_key, epoch) alone, so a resumed run replays it exactly; the last
+  incomplete batch is dropped. With shuffle=False the batches follow the data's own order.
+  """
+  steps = num_examples // batch_size
+  if shuffle:
+    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+  else:
+    order = jnp.arange(num_examples)
+  return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)

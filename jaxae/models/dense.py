@@ -1,0 +1,92 @@
+"""Dense encoders, decoders and the autoencoder built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "linear")
+
+
+def activation_fn(name: str, *, negative_slope: float = 0.01):
+  """The activation called `name` (one of ACTIVATIONS); leaky_relu uses `negative_slope`."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}.")
+  if name == "linear":
+    return lambda x: x
+  if name == "leaky_relu":
+    return lambda x: nn.leaky_relu(x, negative_slope=negative_slope)
+  return getattr(nn, name)
+
+
+class MLP(nn.Module):
+  """Dense layers of the given widths; `activation` between them, `final_activation` after the last.
+
+  Works on one example [D] or a batch [..., D].
+  """
+  features: Sequence[int]
+  activation: str = "relu"
+  final_activation: str = "linear"
+  negative_slope: float = 0.01
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    hidden = activation_fn(self.activation, negative_slope=self.negative_slope)
+    for i, width in enumerate(self.features):
+      x = nn.Dense(width, name=f"dense_{i}")(x)
+      if i < len(self.features) - 1:
+        x = hidden(x)
+    return activation_fn(self.final_activation, negative_slope=self.negative_slope)(x)
+
+
+class DenseAE(nn.Module):
+  """Dense autoencoder: encoder MLP to the code, decoder MLP back to the input size.
+
+  Attributes:
+    encoder_features: widths of the encoder layers, the last one is the code size (S1: 128, 64, 12, 3).
+    decoder_features: widths of the decoder layers, the last one is the input size (S1: 12, 64, 128, 784).
+    activation: between layers; `negative_slope` is leaky_relu's.
+    code_activation: applied to the code ("linear" for S1).
+    output_activation: applied to the decoder output; with "sigmoid" the pre-activation is also
+      returned as "logits", for binary cross-entropy.
+  """
+  encoder_features: Sequence[int] = (128, 64, 12, 3)
+  decoder_features: Sequence[int] = (12, 64, 128, 784)
+  activation: str = "leaky_relu"
+  negative_slope: float = 0.1
+  code_activation: str = "linear"
+  output_activation: str = "sigmoid"
+
+  def setup(self):
+    if not self.encoder_features or min(self.encoder_features) < 1:
+      raise ValueError(f"encoder_features must be positive widths, got {tuple(self.encoder_features)}.")
+    if not self.decoder_features or min(self.decoder_features) < 1:
+      raise ValueError(f"decoder_features must be positive widths, got {tuple(self.decoder_features)}.")
+    self.encoder = MLP(self.encoder_features, self.activation, self.code_activation, self.negative_slope)
+    self.decoder = MLP(self.decoder_features, self.activation, "linear", self.negative_slope)
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    """x: [..., D] -> code [..., K]."""
+    return self.encoder(x)
+
+  def decode(self, h: jax.Array) -> jax.Array:
+    """code [..., K] -> reconstruction [..., D], output activation applied."""
+    return activation_fn(self.output_activation)(self.decoder(h))
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
+    del train  # no dropout or batch statistics in this model
+    code = self.encode(x)
+    pre = self.decoder(code)
+    out = {"code": code, "recon": activation_fn(self.output_activation)(pre)}
+    if self.output_activation == "sigmoid":
+      out["logits"] = pre
+    return out
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter tree."""
+  return sum(int(jnp.size(p)) for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,241 @@
+"""Train state, the jit-compiled step, epochs as scans over on-device batches, and train_and_evaluate."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from jaxae import checkpoint, data, models, objective
+from jaxae.errors import UserError
+from jaxae.metrics import MetricWriter, check_finite, mean_metrics
+
+TrainState = train_state.TrainState
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, *, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam or plain SGD; weight_decay adds wd * param to the gradient first, as PyTorch's
+  `Adam(weight_decay=)` does (not decoupled as in adamw)."""
+  if name not in OPTIMIZERS:
+    raise UserError(f"Unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}.")
+  opt = optax.adam(learning_rate) if name == "adam" else optax.sgd(learning_rate)
+  return optax.chain(optax.add_decayed_weights(weight_decay), opt) if weight_decay else opt
+
+
+def create_state(init_key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                 example_x: jax.Array) -> TrainState:
+  """Initial parameters from `init_key` and one example [D]; optimizer state from `tx`."""
+  params = model.init({"params": init_key}, example_x)["params"]
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+
+def bind_encode(model: nn.Module, params) -> Callable[[jax.Array], jax.Array]:
+  """One example [D] -> its code [K], with `params` bound (what Jacobian penalties differentiate)."""
+  return lambda x: model.apply({"params": params}, x, method="encode")
+
+
+def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | None = None) -> Callable:
+  """(state, batch [B, D], step_key) -> (state, metrics): one gradient step on `loss_fn`.
+
+  The step's randomness is `fold_in(step_key, state.step)`, so a resumed run replays it exactly.
+  Not jitted here: jit it, or run it inside `make_train_chunk`'s scan.
+
+  Args:
+    model: a jaxae model (encode / decode / __call__ returning a dict).
+    loss_fn: LossInputs -> (loss, metrics), e.g. `objective.from_weights(...)`.
+    corrupt: optional (key, x) -> x_noisy applied to the input only (denoising); targets stay clean.
+  """
+  def step(state: TrainState, batch: jax.Array, step_key: jax.Array):
+    noise_key, latent_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step), 3)
+    x_in = batch if corrupt is None else corrupt(noise_key, batch)
+
+    def loss(params):
+      out = model.apply({"params": params}, x_in, train=True,
+                        rngs={"latent": latent_key, "dropout": dropout_key})
+      return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params)))
+
+    grads, metrics = jax.grad(loss, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), metrics
+  return step
+
+
+def make_train_chunk(train_step: Callable) -> Callable:
+  """Jitted (state, data_x [N, D], idx [S, B], step_key) -> (state, metrics [S]).
+
+  Runs S steps as one `lax.scan`; each batch is gathered on the device from `data_x` by index, so
+  there is no Python and no host transfer per step. The state is donated.
+  """
+  @functools.partial(jax.jit, donate_argnums=0)
+  def chunk(state, data_x, idx, step_key):
+    return jax.lax.scan(lambda s, i: train_step(s, data_x[i], step_key), state, idx)
+  return chunk
+
+
+def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int) -> Callable:
+  """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse"."""
+  def batch_metrics(params, x):
+    out = model.apply({"params": params}, x)
+    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params)))
+    return {"mse": objective.mse(objective.LossInputs(x, x, out, params, None)), **metrics}
+
+  @jax.jit
+  def scan_batches(params, xb):  # [C, B, D] -> metrics [C]
+    return jax.lax.map(lambda x: batch_metrics(params, x), xb)
+
+  def evaluate(params, x: jax.Array) -> dict[str, float]:
+    n = x.shape[0]
+    full = (n // batch_size) * batch_size
+    parts, sizes = [], []
+    if full:
+      parts.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1])))
+      sizes.append(np.full(full // batch_size, batch_size))
+    if n > full:
+      parts.append(scan_batches(params, x[None, full:]))
+      sizes.append(np.array([n - full]))
+    w = np.concatenate(sizes) / n
+    return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in parts]))) for k in parts[0]}
+  return evaluate
+
+
+def _prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
+                    "Pass --workdir=PATH with a folder you can create and write.") from e
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  for name in ("batch_size", "epochs", "eval_batch_size", "chunk_steps", "checkpoint_every_epochs",
+               "keep_checkpoints"):
+    if int(config[name]) < 1:
+      raise UserError(f"config.{name} must be a positive integer, got {config[name]}; "
+                      f"set --config.{name}=N with N >= 1.")
+  if float(config.optimizer.learning_rate) <= 0:
+    raise UserError(f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
+
+
+def build_from_config(config: ml_collections.ConfigDict):
+  """(model, loss_fn, tx) named by the config."""
+  model = models.build(config.model.name, **config.model.kwargs.to_dict())
+  loss_fn = objective.from_weights(dict(config.loss))
+  tx = make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
+                      weight_decay=config.optimizer.weight_decay)
+  return model, loss_fn, tx
+
+
+def load_data(config: ml_collections.ConfigDict) -> dict[str, data.Split]:
+  d = config.data
+  return data.load_mnist(source=d.source, scaling=d.scaling, train_subset=d.train_subset,
+                         test_subset=d.test_subset, data_dir=d.data_dir, download=d.download)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains `config` into `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Writes workdir/config.json, workdir/checkpoints/<step>, workdir/metrics.jsonl and TensorBoard
+  files under workdir/tensorboard.
+  """
+  _validate(config)
+  _prepare_workdir(workdir)
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  splits = load_data(config)
+  n_train = splits["train"].x.shape[0]
+  if config.batch_size > n_train:
+    raise UserError(f"config.batch_size={config.batch_size} is larger than the {n_train} training "
+                    "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
+                    "keeps all).")
+  model, loss_fn, tx = build_from_config(config)
+  init_key, data_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  state = create_state(init_key, model, tx, splits["train"].x[0])
+
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.keep_checkpoints)
+  state = checkpoint.restore_latest(manager, state)
+  steps_per_epoch = n_train // config.batch_size
+  total_steps = config.epochs * steps_per_epoch
+  start = int(state.step)
+  if start >= total_steps:
+    print(f"Run already complete: {start} steps = {config.epochs} epochs in {workdir}.")
+    manager.close()
+    return state
+  if start:
+    print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
+
+  chunk = make_train_chunk(make_train_step(model, loss_fn))
+  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]))
+  try:
+    with MetricWriter(workdir) as writer:
+      for epoch in range(start // steps_per_epoch, config.epochs):
+        t0 = time.perf_counter()
+        idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
+        idx = idx[int(state.step) - epoch * steps_per_epoch:]
+        per_step = []
+        with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
+                  desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
+          for i in range(0, idx.shape[0], config.chunk_steps):
+            state, m = chunk(state, splits["train"].x, idx[i:i + config.chunk_steps], step_key)
+            per_step.append(jax.device_get(m))
+            bar.update(len(per_step[-1]["loss"]))
+            bar.set_postfix(loss=f"{np.mean([p['loss'].mean() for p in per_step]):.4f}")
+        train = mean_metrics({k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]})
+        epoch_s = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
+                  **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
+                  "time/epoch_s": epoch_s}
+        writer.write(int(state.step), record)
+        check_finite(record, epoch=epoch + 1)
+        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs:
+          checkpoint.save(manager, state)
+        tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "
+                   f"test loss {record['test/loss']:.5f}  test mse {record['test/mse']:.6f}  "
+                   f"{epoch_s:.1f}s")
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+  return state
+
+
+def restore_trained(workdir: str):
+  """(config, model, params, splits) of a finished or interrupted run, from its files alone."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"{workdir!r} holds no run (no config.json); train into it first.")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  model, _, tx = build_from_config(config)
+  splits = load_data(config)
+  state = create_state(jax.random.PRNGKey(0), model, tx, splits["train"].x[0])
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"))
+  if manager.latest_step() is None:
+    raise UserError(f"{workdir!r} holds no checkpoint yet; train into it first.")
+  state = checkpoint.restore_latest(manager, state)
+  manager.close()
+  return config, model, state.params, splits
+
+
+def _tuples(tree):
+  """JSON lists back to the tuples that configs use."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
