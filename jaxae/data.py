@@ -66,7 +66,7 @@ def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True)
       "Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that holds mnist/3.0.1 "
       "prepared by TFDS (this project's shared/data/tfds is one).")
   if not builder.is_prepared() and not download:
-    raise UserError(f"MNIST is not in the TFDS data dir {builder.data_dir_root!r}. {how_to}")
+    raise UserError(f"MNIST is not in the TFDS data dir {str(builder.data_dir_root)!r}. {how_to}")
   try:
     ds = tfds.as_numpy(tfds.load("mnist", split=split, data_dir=data_dir, batch_size=-1,
                                  download=download))

@@ -1,0 +1,56 @@
+"""Figures of a run, from its workdir alone (config.json, the latest checkpoint, metrics.jsonl).
+
+  python -m experiments.report --workdir runs/s1
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from jaxae import figures, metrics, train
+
+
+def make_figures(workdir: str, *, num_images: int = 10) -> list[str]:
+  """Writes the run's figures as PNG into workdir/figures; returns their paths."""
+  config, model, params, splits = train.restore_trained(workdir)
+  test = splits["test"]
+  apply = jax.jit(lambda x: model.apply({"params": params}, x))
+  out_dir = os.path.join(workdir, "figures")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+
+  def save(fig, name):
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    figures.plt.close(fig)
+    paths.append(path)
+
+  records = metrics.read_metrics(workdir)
+  save(figures.loss_curves(records, keys=("train/loss", "test/loss"), title=f"Loss ({', '.join(config.loss)})"),
+       "loss_curves.png")
+  x = np.asarray(test.x[:num_images])
+  recon = np.asarray(apply(x)["recon"])
+  lo, hi = (-1.0, 1.0) if config.data.scaling == "symmetric" else (0.0, 1.0)
+  save(figures.image_rows([x, recon], row_titles=["input", "recon"], value_range=(lo, hi)),
+       "reconstructions.png")
+  codes = np.asarray(jax.device_get(jax.lax.map(apply, test.x.reshape(-1, 1, test.x.shape[-1]))["code"]))
+  codes = codes.reshape(test.x.shape[0], -1)
+  if codes.shape[-1] == 3:
+    save(figures.code_scatter_3d(codes, np.asarray(test.labels),
+                                 title=f"Test codes ({len(codes)} digits)"), "codes_3d.png")
+  return paths
+
+
+def main(argv):
+  del argv
+  for path in make_figures(flags.FLAGS.workdir):
+    print(path)
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "Folder of a run.", required=True)
+  app.run(main)

@@ -1,0 +1,62 @@
+"""Figures from numpy arrays: matplotlib Figures, no I/O (experiments/report.py saves them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+
+
+def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test codes"):
+  """3-D scatter of codes [N, 3] coloured by digit label [N]."""
+  fig = plt.figure(figsize=(7, 6))
+  ax = fig.add_subplot(projection="3d")
+  cmap = plt.get_cmap("tab10")
+  for digit in range(10):
+    pts = codes[labels == digit]
+    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=2, alpha=0.5, color=cmap(digit), label=str(digit))
+  ax.set_xlabel("h1")
+  ax.set_ylabel("h2")
+  ax.set_zlabel("h3")
+  ax.set_title(title)
+  ax.legend(title="digit", markerscale=5, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+  fig.tight_layout()
+  return fig
+
+
+def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape=(28, 28),
+               value_range: tuple[float, float] = (0.0, 1.0)):
+  """Rows of images: rows[r] is [n, prod(shape)]; one titled row each (inputs over reconstructions)."""
+  n = rows[0].shape[0]
+  fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+  for r, (images, title) in enumerate(zip(rows, row_titles)):
+    for i in range(n):
+      ax = axes[r, i]
+      ax.imshow(np.asarray(images[i]).reshape(shape), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
+  fig.subplots_adjust(left=0.12, right=0.99, top=0.97, bottom=0.02, wspace=0.05, hspace=0.05)
+  return fig
+
+
+def loss_curves(records: Sequence[dict], *, keys: Sequence[str] = ("train/loss", "test/loss"),
+                title: str = "Loss"):
+  """Curves of the given metrics against the epoch, from metrics.jsonl records."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  epochs = [r["epoch"] for r in records]
+  for key in keys:
+    if all(key in r for r in records):
+      ax.plot(epochs, [r[key] for r in records], marker="o", ms=3, label=key)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("loss")
+  ax.set_yscale("log")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return fig
