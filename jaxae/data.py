@@ -60,18 +60,17 @@ def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
 
   data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
-  builder = tfds.builder("mnist", data_dir=data_dir)
-  how_to = (
-      "With network access nothing is needed: leave --config.data.download=True and TFDS downloads it. "
-      "Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that holds mnist/3.0.1 "
-      "prepared by TFDS (this project's shared/data/tfds is one).")
-  if not builder.is_prepared() and not download:
-    raise UserError(f"MNIST is not in the TFDS data dir {str(builder.data_dir_root)!r}. {how_to}")
   try:
     ds = tfds.as_numpy(tfds.load("mnist", split=split, data_dir=data_dir, batch_size=-1,
                                  download=download))
-  except Exception as e:  # a failed download surfaces as many exception types
-    raise UserError(f"Could not load MNIST through TFDS ({type(e).__name__}: {e}). {how_to}") from e
+  except Exception as e:  # a missing dataset or a failed download surface as many exception types
+    where = str(tfds.builder("mnist", data_dir=data_dir).data_dir_root)
+    problem = (f"MNIST is not in the TFDS data dir {where!r}" if not download else
+               f"Could not load MNIST through TFDS into {where!r} ({type(e).__name__}: {e})")
+    raise UserError(
+        f"{problem}. With network access nothing is needed: leave --config.data.download=True and "
+        "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
+        "holds mnist/3.0.1 prepared by TFDS (this project's shared/data/tfds is one).") from e
   return ds["image"][..., 0], ds["label"]
 
 

@@ -18,7 +18,12 @@ def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test
   cmap = plt.get_cmap("tab10")
   for digit in range(10):
     pts = codes[labels == digit]
-    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=2, alpha=0.5, color=cmap(digit), label=str(digit))
+    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=3, alpha=0.6, color=cmap(digit), label=str(digit))
+  lo, hi = np.percentile(codes, [0.5, 99.5], axis=0)  # a few outliers would squash the clusters
+  pad = 0.05 * (hi - lo)
+  ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+  ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+  ax.set_zlim(lo[2] - pad[2], hi[2] + pad[2])
   ax.set_xlabel("h1")
   ax.set_ylabel("h2")
   ax.set_zlabel("h3")
@@ -40,7 +45,7 @@ def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape=(
       ax.set_xticks([])
       ax.set_yticks([])
     axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
-  fig.subplots_adjust(left=0.12, right=0.99, top=0.97, bottom=0.02, wspace=0.05, hspace=0.05)
+  fig.subplots_adjust(left=0.08, right=0.99, top=0.97, bottom=0.02, wspace=0.05, hspace=0.05)
   return fig
 
 

@@ -1,0 +1,101 @@
+"""Shared fixtures: fresh PRNG keys, tiny MNIST-shaped IDX files, a tiny experiment config."""
+
+import gzip
+import itertools
+import os
+import struct
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)  # `experiments` is importable as in `python -m experiments.main`
+
+_seeds = itertools.count(1234)
+
+
+@pytest.fixture
+def key():
+  """A fresh key per test: every test gets other random numbers than the last."""
+  return jax.random.PRNGKey(next(_seeds))
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes a uint8 array in the IDX format (gzipped when the path ends with .gz)."""
+  header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dir(directory: str, *, n_train: int = 512, n_test: int = 128, seed: int = 0) -> str:
+  """Four MNIST-named IDX files of random digits-like images: blobs whose place depends on the label."""
+  rng = np.random.default_rng(seed)
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    yy, xx = np.mgrid[:28, :28]
+    cy, cx = 6 + 1.6 * labels, 20 - 1.4 * labels
+    blobs = np.exp(-((yy - cy[:, None, None]) ** 2 + (xx - cx[:, None, None]) ** 2) / 18.0)
+    images = np.clip(255 * blobs + rng.integers(0, 40, (n, 28, 28)), 0, 255).astype(np.uint8)
+    write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), images)
+    write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+  return make_idx_dir(str(tmp_path_factory.mktemp("mnist_idx")))
+
+
+def tiny_config(idx_dir: str, **overrides):
+  """S1's config shrunk: small nets on the fake IDX data, 2 epochs of 8 steps."""
+  from experiments.configs import undercomplete  # pylint: disable=g-import-not-at-top
+  c = undercomplete.get_config("smoke")
+  c.data.source = "idx"
+  c.data.data_dir = idx_dir
+  c.data.train_subset = 0
+  c.data.test_subset = 0
+  c.model.kwargs.encoder_features = (32, 3)
+  c.model.kwargs.decoder_features = (32, 784)
+  c.batch_size = 64
+  c.chunk_steps = 4
+  c.eval_batch_size = 50
+  for name, value in overrides.items():
+    c[name] = value
+  return c
+
+
+@pytest.fixture
+def make_config(idx_dir):
+  return lambda **overrides: tiny_config(idx_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory, idx_dir):
+  """A TFDS data dir holding 'mnist' 3.0.1 prepared from the fake IDX files (no download)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from jaxae.data import load_idx  # pylint: disable=g-import-not-at-top
+
+  class TinyMNIST(tfds.image_classification.MNIST, skip_registration=True):
+    name = "mnist"
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples("train"), "test": self._generate_examples("test")}
+
+    def _generate_examples(self, split):  # pylint: disable=arguments-differ
+      images, labels = load_idx(idx_dir, split)
+      for i, (image, label) in enumerate(zip(images, labels)):
+        buf = io.BytesIO()
+        PIL.Image.fromarray(image).save(buf, format="PNG")
+        yield i, {"image": buf.getvalue(), "label": int(label)}
+
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  TinyMNIST(data_dir=directory).download_and_prepare(
+      download_dir=str(tmp_path_factory.mktemp("tfds_downloads")),
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return directory

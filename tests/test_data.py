@@ -1,0 +1,119 @@
+"""IDX reading, scalings, subsets, the on-device epoch order, TFDS loading and its errors."""
+
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxae import data
+from jaxae.errors import UserError
+from tests.conftest import write_idx
+
+
+def test_read_idx_roundtrip(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
+  for name in ("a.gz", "b"):
+    write_idx(str(tmp_path / name), images)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / name)), images)
+
+
+def test_read_idx_truncated_and_bad_header(tmp_path):
+  write_idx(str(tmp_path / "x"), np.ones((3, 4, 4), np.uint8))
+  raw = (tmp_path / "x").read_bytes()
+  (tmp_path / "short").write_bytes(raw[:-5])
+  with pytest.raises(UserError, match="truncated"):
+    data.read_idx(str(tmp_path / "short"))
+  (tmp_path / "bad").write_bytes(b"\x01\x02" + raw[2:])
+  with pytest.raises(UserError, match="not an IDX file"):
+    data.read_idx(str(tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("scaling,ref", [
+    ("unit", lambda u, m: u / 255.0),
+    ("unit256", lambda u, m: u / 256.0),
+    ("symmetric", lambda u, m: 2.0 * u / 255.0 - 1.0),
+    ("centered", lambda u, m: u / 255.0 - m),
+])
+def test_scalings(scaling, ref):
+  u = np.random.default_rng(1).integers(0, 256, (6, 28, 28)).astype(np.uint8)
+  flat = u.reshape(6, -1).astype(np.float64)
+  mean = flat.mean(0) / 255.0
+  np.testing.assert_allclose(data.scale(u, scaling=scaling, mean=mean), ref(flat, mean), rtol=1e-12, atol=1e-12)
+
+
+def test_unit256_is_the_theano_scaling():
+  assert data.scale(np.full((1, 1), 255, np.uint8), scaling="unit256")[0, 0] == 0.99609375
+
+
+def test_load_idx_subset_in_file_order(idx_dir):
+  images, labels = data.load_idx(idx_dir, "train")
+  splits = data.load_mnist(source="idx", data_dir=idx_dir, scaling="unit256", train_subset=100)
+  chex.assert_shape(splits["train"].x, (100, 784))
+  assert splits["train"].x.dtype == np.float32 and splits["train"].labels.dtype == np.int32
+  np.testing.assert_allclose(splits["train"].x, images[:100].reshape(100, -1) / 256.0, rtol=1e-6)
+  np.testing.assert_array_equal(splits["train"].labels, labels[:100])
+  assert splits["test"].x.shape[0] == data.load_idx(idx_dir, "test")[0].shape[0]
+
+
+def test_centered_uses_the_training_mean(idx_dir):
+  splits = data.load_mnist(source="idx", data_dir=idx_dir, scaling="centered")
+  np.testing.assert_allclose(np.asarray(splits["train"].x).mean(0), 0.0, atol=1e-5)
+  assert abs(float(np.asarray(splits["test"].x).mean())) > 1e-4  # the test split keeps its own offset
+
+
+def test_epoch_indices_shuffled_and_in_order(key):
+  idx = data.epoch_indices(key, 0, 103, 10, shuffle=True)
+  chex.assert_shape(idx, (10, 10))  # the last 3 examples are dropped
+  flat = np.asarray(idx).ravel()
+  assert len(set(flat.tolist())) == 100 and flat.min() >= 0 and flat.max() < 103
+  np.testing.assert_array_equal(idx, data.epoch_indices(key, 0, 103, 10))  # a function of (key, epoch)
+  assert not np.array_equal(idx, data.epoch_indices(key, 1, 103, 10))
+  in_order = data.epoch_indices(key, 5, 103, 10, shuffle=False)
+  np.testing.assert_array_equal(in_order, np.arange(100).reshape(10, 10))
+
+
+def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
+  # tfds.testing.mock_data would be the usual way, but it aborts the process with TF 2.21
+  # (std::length_error in from_generator), so a tiny dataset is prepared from the fake IDX files.
+  images, labels = data.load_tfds("test", data_dir=tfds_dir, download=False)
+  idx_images, idx_labels = data.load_idx(idx_dir, "test")
+  assert images.shape == idx_images.shape and images.dtype == np.uint8
+  order = np.lexsort(images.reshape(len(images), -1).T)  # TFDS shuffles: compare as sorted sets
+  idx_order = np.lexsort(idx_images.reshape(len(idx_images), -1).T)
+  np.testing.assert_array_equal(images[order], idx_images[idx_order])
+  np.testing.assert_array_equal(labels[order], idx_labels[idx_order])
+  splits = data.load_mnist(source="tfds", data_dir=tfds_dir, download=False, train_subset=64)
+  chex.assert_shape(splits["train"].x, (64, 784))
+
+
+def test_missing_tfds_data_says_how_to_get_it(tmp_path):
+  with pytest.raises(UserError, match="MNIST is not in the TFDS data dir.*TFDS_DATA_DIR"):
+    data.load_tfds("train", data_dir=str(tmp_path), download=False)
+
+
+def test_missing_idx_files_say_where(tmp_path):
+  with pytest.raises(UserError, match="not found in.*JAXAE_IDX_DIR"):
+    data.load_mnist(source="idx", data_dir=str(tmp_path))
+
+
+def test_unknown_source_and_scaling():
+  with pytest.raises(UserError, match="Unknown data source 'csv'; known: tfds, idx"):
+    data.load_mnist(source="csv")
+  with pytest.raises(UserError, match="Unknown data scaling 'zscore'"):
+    data.load_mnist(source="idx", scaling="zscore")
+
+
+@pytest.mark.skipif(not (os.environ.get("TFDS_DATA_DIR") and os.environ.get("JAXAE_IDX_DIR")),
+                    reason="needs the offline MNIST copies (TFDS_DATA_DIR and JAXAE_IDX_DIR, set by .ci/run)")
+def test_real_mnist_both_sources_agree():
+  tfds_test = data.load_tfds("test", download=False)
+  idx_test = data.load_idx(os.environ["JAXAE_IDX_DIR"], "test")
+  assert tfds_test[0].shape == idx_test[0].shape == (10000, 28, 28)
+  # Same examples in another order: compare the sorted per-image pixel sums and the label counts.
+  np.testing.assert_array_equal(np.sort(tfds_test[0].reshape(10000, -1).sum(1)),
+                                np.sort(idx_test[0].reshape(10000, -1).sum(1)))
+  np.testing.assert_array_equal(np.bincount(tfds_test[1]), np.bincount(idx_test[1]))
+  assert data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")[0].shape == (60000, 28, 28)

@@ -1,0 +1,54 @@
+"""Model shapes, parameter counts, outputs, registry errors."""
+
+import chex
+import jax
+import pytest
+
+from jaxae import models
+from jaxae.errors import UserError
+
+
+def s1_param_count_by_hand() -> int:
+  """S1: 784-128-64-12-3 encoder, 3-12-64-128-784 decoder, each layer in*out weights + out biases."""
+  enc = 784 * 128 + 128 + 128 * 64 + 64 + 64 * 12 + 12 + 12 * 3 + 3
+  dec = 3 * 12 + 12 + 12 * 64 + 64 + 64 * 128 + 128 + 128 * 784 + 784
+  return enc + dec
+
+
+def test_s1_shapes_and_param_count(key):
+  model = models.build("dense", encoder_features=(128, 64, 12, 3), decoder_features=(12, 64, 128, 784),
+                       activation="leaky_relu", negative_slope=0.1)
+  x = jax.random.uniform(key, (5, 784))
+  params = model.init(key, x[0])["params"]
+  assert models.count_params(params) == s1_param_count_by_hand() == 219891
+  out = model.apply({"params": params}, x)
+  chex.assert_shape(out["code"], (5, 3))
+  chex.assert_shape([out["recon"], out["logits"]], (5, 784))
+  chex.assert_trees_all_close(out["recon"], jax.nn.sigmoid(out["logits"]), rtol=1e-6)
+  h = model.apply({"params": params}, x[0], method="encode")  # one example, as jacfwd sees it
+  chex.assert_shape(h, (3,))
+  chex.assert_trees_all_close(h, out["code"][0], rtol=1e-5, atol=1e-6)  # matvec vs matmul rounding
+  chex.assert_trees_all_close(model.apply({"params": params}, out["code"], method="decode"), out["recon"],
+                              rtol=1e-6)
+
+
+def test_leaky_slope_is_used(key):
+  x = -jax.random.uniform(key, (3, 4)) - 0.5  # negative pre-activations through an identity-like layer
+  mlp = models.MLP((4, 4), activation="leaky_relu", negative_slope=0.1)
+  layer = {"kernel": jax.numpy.eye(4), "bias": jax.numpy.zeros(4)}
+  params = {"params": {"dense_0": layer, "dense_1": layer}}
+  chex.assert_trees_all_close(mlp.apply(params, x), 0.1 * x, rtol=1e-6)
+
+
+def test_no_logits_without_sigmoid_output(key):
+  model = models.build("dense", encoder_features=(8, 2), decoder_features=(8, 16), output_activation="tanh")
+  x = jax.random.uniform(key, (2, 16))
+  out = model.apply(model.init(key, x), x)
+  assert set(out) == {"code", "recon"}
+
+
+def test_unknown_model_and_bad_field():
+  with pytest.raises(UserError, match="Unknown model 'mlp'; known models: dense"):
+    models.build("mlp")
+  with pytest.raises(UserError, match="Bad field for model 'dense'.*encoder_features"):
+    models.build("dense", widths=(3,))

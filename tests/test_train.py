@@ -1,0 +1,123 @@
+"""The train step, the scanned epoch, evaluation, determinism and resuming."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxae import checkpoint, models, objective, train
+from jaxae.errors import UserError
+
+
+def _setup(key, *, batch=16, steps=6, loss=None):
+  model = models.build("dense", encoder_features=(16, 3), decoder_features=(16, 20))
+  loss_fn = objective.from_weights(loss or {"bce": 1.0})
+  tx = train.make_optimizer("adam", learning_rate=1e-2)
+  k_data, k_init, k_step = jax.random.split(key, 3)
+  data_x = jax.random.uniform(k_data, (batch * steps, 20))
+  state = train.create_state(k_init, model, tx, data_x[0])
+  return model, loss_fn, state, data_x, k_step
+
+
+def test_scanned_chunk_equals_steps_one_by_one(key):
+  model, loss_fn, state, data_x, step_key = _setup(key)
+  step = train.make_train_step(model, loss_fn)
+  idx = jax.random.permutation(key, data_x.shape[0]).reshape(6, 16)
+  one_by_one = state
+  jitted = jax.jit(step)
+  losses = []
+  for i in range(6):
+    one_by_one, m = jitted(one_by_one, data_x[idx[i]], step_key)
+    losses.append(m["loss"])
+  scanned, ms = train.make_train_chunk(step)(state, data_x, idx, step_key)
+  assert int(scanned.step) == int(one_by_one.step) == 6
+  chex.assert_trees_all_close(scanned.params, one_by_one.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(ms["loss"], jnp.stack(losses), rtol=1e-5)
+
+
+def test_step_traces_once_and_jitted_equals_unjitted(key):
+  model, loss_fn, state, data_x, step_key = _setup(key)
+  step = train.make_train_step(model, loss_fn)
+  jitted = jax.jit(chex.assert_max_traces(step, n=1))
+  s_jit, s_plain = state, state
+  for i in range(3):
+    batch = data_x[16 * i:16 * (i + 1)]
+    s_jit, m_jit = jitted(s_jit, batch, step_key)
+    s_plain, m_plain = step(s_plain, batch, step_key)
+  chex.assert_trees_all_close(s_jit.params, s_plain.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(m_jit, m_plain, rtol=1e-5)
+
+
+def test_step_lowers_the_loss_on_a_fixed_batch(key):
+  model, loss_fn, state, data_x, step_key = _setup(key, loss={"squared_error": 1.0})
+  step = jax.jit(train.make_train_step(model, loss_fn))
+  batch = data_x[:16]
+  _, first = step(state, batch, step_key)
+  for _ in range(30):
+    state, m = step(state, batch, step_key)
+  chex.assert_tree_all_finite(state.params)
+  assert float(m["loss"]) < 0.6 * float(first["loss"])
+
+
+def test_eval_averages_over_uneven_batches(key):
+  model, loss_fn, state, data_x, _ = _setup(key, loss={"squared_error": 1.0, "bce": 0.5})
+  x = data_x[:90]  # 90 = 2 batches of 40 + 10
+  got = train.make_eval(model, loss_fn, batch_size=40)(state.params, x)
+  out = model.apply({"params": state.params}, x)
+  r, t = np.asarray(out["recon"], np.float64), np.asarray(x, np.float64)
+  np.testing.assert_allclose(got["squared_error"], ((r - t) ** 2).sum(-1).mean(), rtol=1e-5)
+  np.testing.assert_allclose(got["mse"], ((r - t) ** 2).mean(), rtol=1e-5)
+  p = 1 / (1 + np.exp(-np.asarray(out["logits"], np.float64)))
+  bce = -(t * np.log(p) + (1 - t) * np.log(1 - p)).sum(-1).mean()
+  np.testing.assert_allclose(got["bce"], bce, rtol=1e-5)
+  np.testing.assert_allclose(got["loss"], got["squared_error"] + 0.5 * got["bce"], rtol=1e-5)
+
+
+def test_sgd_and_weight_decay_as_pytorch(key):
+  params = {"w": jax.random.normal(key, (3,))}
+  grads = {"w": jnp.ones(3)}
+  tx = train.make_optimizer("sgd", learning_rate=0.1, weight_decay=0.01)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  chex.assert_trees_all_close(updates["w"], -0.1 * (grads["w"] + 0.01 * params["w"]), rtol=1e-6)
+  with pytest.raises(UserError, match="Unknown optimizer 'lbfgs'; known: adam, sgd"):
+    train.make_optimizer("lbfgs", learning_rate=1.0)
+
+
+def _params(workdir):
+  return jax.device_get(train.restore_trained(workdir)[2])
+
+
+def test_same_seed_gives_bitwise_same_params(make_config, tmp_path):
+  train.train_and_evaluate(make_config(), str(tmp_path / "a"))
+  train.train_and_evaluate(make_config(), str(tmp_path / "b"))
+  chex.assert_trees_all_equal(_params(str(tmp_path / "a")), _params(str(tmp_path / "b")))
+  train.train_and_evaluate(make_config(seed=1), str(tmp_path / "c"))
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal(_params(str(tmp_path / "a")), _params(str(tmp_path / "c")))
+
+
+def test_resume_equals_uninterrupted_bitwise(make_config, tmp_path, capsys):
+  train.train_and_evaluate(make_config(epochs=4), str(tmp_path / "straight"))
+  train.train_and_evaluate(make_config(epochs=2), str(tmp_path / "resumed"))
+  train.train_and_evaluate(make_config(epochs=4), str(tmp_path / "resumed"))
+  assert "Resuming from step 16 (epoch 2)" in capsys.readouterr().out
+  chex.assert_trees_all_equal(_params(str(tmp_path / "straight")), _params(str(tmp_path / "resumed")))
+  train.train_and_evaluate(make_config(epochs=4), str(tmp_path / "resumed"))
+  assert "Run already complete: 32 steps = 4 epochs" in capsys.readouterr().out
+
+
+def test_checkpoints_keep_the_last_k(make_config, tmp_path):
+  train.train_and_evaluate(make_config(epochs=4, keep_checkpoints=2), str(tmp_path))
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
+  assert list(manager.all_steps()) == [24, 32]
+  manager.close()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 10_000, "batch_size=10000 is larger than the 512 training examples"),
+    ("epochs", 0, "config.epochs must be a positive integer, got 0"),
+])
+def test_bad_config_values(make_config, tmp_path, field, value, message):
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(make_config(**{field: value}), str(tmp_path))
