@@ -25,7 +25,7 @@ def get_config(arg: str | None = None):
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 1e-3
   c.batch_size = 128
-  c.epochs = 20
+  c.epochs = 50
   if arg == "smoke":
     c.data.train_subset = 512
     c.data.test_subset = 256

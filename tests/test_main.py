@@ -1,0 +1,90 @@
+"""experiments/main.py end to end in a subprocess, and its one-line answers to bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+CONFIG = "experiments/configs/undercomplete.py:smoke"
+
+
+def run_main(*args, env=None):
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def idx_flags(idx_dir):
+  return [f"--config.data.source=idx", f"--config.data.data_dir={idx_dir}"]
+
+
+def test_end_to_end_tiny_run_and_resume(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  result = run_main("--config", CONFIG, "--workdir", workdir, *idx_flags(idx_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert records[-1]["train/loss"] < records[0]["train/loss"]
+  assert records[-1]["test/loss"] < records[0]["test/loss"]
+  for name in ("loss_curves.png", "reconstructions.png", "codes_3d.png"):
+    path = os.path.join(workdir, "figures", name)
+    assert os.path.getsize(path) > 5000 and open(path, "rb").read(4) == b"\x89PNG"
+    assert path in result.stdout  # main prints where everything is
+  again = run_main("--config", CONFIG, "--workdir", workdir, *idx_flags(idx_dir))
+  assert again.returncode == 0 and "Run already complete" in again.stdout
+
+
+def _assert_one_clear_error(result, *needles):
+  assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  for needle in needles:
+    assert needle in errors[0], errors[0]
+
+
+def test_unknown_config_field(idx_dir, tmp_path):
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), "--config.model.kwargs.activaton=relu")
+  _assert_one_clear_error(result, "unknown config field in --config.model.kwargs.activaton",
+                          "did you mean 'activation'")
+
+
+def test_config_file_that_does_not_exist(tmp_path):
+  result = run_main("--config", "experiments/configs/nope.py", "--workdir", str(tmp_path))
+  _assert_one_clear_error(result, "config file 'experiments/configs/nope.py' does not exist",
+                          "undercomplete.py")
+
+
+def test_data_dir_without_mnist(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path / "run"), f"--config.data.data_dir={empty}",
+                    "--config.data.download=False")
+  _assert_one_clear_error(result, f"MNIST is not in the TFDS data dir '{empty}'", "TFDS_DATA_DIR")
+
+
+def test_workdir_that_cannot_be_written(idx_dir, tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a folder")
+  result = run_main("--config", CONFIG, "--workdir", str(blocker / "run"), *idx_flags(idx_dir))
+  _assert_one_clear_error(result, "Cannot write to the workdir", "--workdir=PATH")
+
+
+def test_batch_larger_than_the_data(idx_dir, tmp_path):
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir),
+                    "--config.batch_size=4096")
+  _assert_one_clear_error(result, "batch_size=4096 is larger than the 512 training examples",
+                          "--config.batch_size")
+
+
+@pytest.mark.parametrize("flag,needle", [("--config.epochs=abc", "--config.epochs=abc"),
+                                         ("--config.model.name=mlp", "known models: dense")])
+def test_wrong_type_and_unknown_model(idx_dir, tmp_path, flag, needle):
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir), flag)
+  _assert_one_clear_error(result, needle)

@@ -1,0 +1,43 @@
+"""Metric records (JSON lines + TensorBoard), the NaN guard, and the figures' contents."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from jaxae import figures, metrics
+
+
+def test_writer_records_and_resume_overwrites(tmp_path):
+  with metrics.MetricWriter(str(tmp_path)) as w:
+    w.write(10, {"epoch": 1, "train/loss": 2.0})
+    w.write(20, {"epoch": 2, "train/loss": 1.5})
+  with metrics.MetricWriter(str(tmp_path)) as w:  # a resumed run re-does epoch 2
+    w.write(20, {"epoch": 2, "train/loss": 1.25})
+  records = metrics.read_metrics(str(tmp_path))
+  assert [(r["epoch"], r["step"], r["train/loss"]) for r in records] == [(1, 10, 2.0), (2, 20, 1.25)]
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    assert len([json.loads(line) for line in f]) == 3
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_check_finite_names_epoch_and_term():
+  metrics.check_finite({"train/loss": 1.0, "train/mse": 0.5}, epoch=3)
+  with pytest.raises(FloatingPointError, match=r"epoch 3: train/loss, train/bce not finite"):
+    metrics.check_finite({"train/loss": math.nan, "train/bce": math.inf, "train/mse": 0.1}, epoch=3)
+
+
+def test_figures_hold_what_they_show():
+  rng = np.random.default_rng(0)
+  codes, labels = rng.normal(size=(200, 3)), rng.integers(0, 10, 200)
+  fig = figures.code_scatter_3d(codes, labels)
+  ax = fig.axes[0]
+  assert len(ax.collections) == 10 and sum(len(c.get_offsets()) for c in ax.collections) == 200
+  rows = [rng.uniform(size=(6, 784)), rng.uniform(size=(6, 784))]
+  fig = figures.image_rows(rows, row_titles=["input", "recon"])
+  assert len(fig.axes) == 12
+  np.testing.assert_allclose(fig.axes[7].images[0].get_array(), rows[1][1].reshape(28, 28))
+  fig = figures.loss_curves([{"epoch": 1, "train/loss": 2.0}, {"epoch": 2, "train/loss": 1.0}])
+  np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), [2.0, 1.0])
