@@ -1,6 +1,6 @@
-"""Figures of a run, from its workdir alone (config.json, the latest checkpoint, metrics.jsonl).
+"""Figures and the results-table row of a run, from its workdir alone (config, checkpoint, metrics).
 
-  python -m experiments.report --workdir runs/s1
+  python -m experiments.report --workdir runs/s1 [--figures_dir docs/figures/s1]
 """
 
 from __future__ import annotations
@@ -14,12 +14,22 @@ from absl import app, flags
 from jaxae import figures, metrics, train
 
 
-def make_figures(workdir: str, *, num_images: int = 10) -> list[str]:
-  """Writes the run's figures as PNG into workdir/figures; returns their paths."""
+def summary_row(workdir: str) -> str:
+  """A Markdown row: epochs, final test loss and per-pixel MSE, median seconds per epoch after the
+  first (which includes compilation), and the first epoch's seconds."""
+  records = metrics.read_metrics(workdir)
+  last, times = records[-1], [r["time/epoch_s"] for r in records]
+  steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
+  return (f"| {os.path.basename(os.path.normpath(workdir))} | {last['epoch']} | {last['test/loss']:.5f} | "
+          f"{last['test/mse']:.5f} | {steady:.2f} | {times[0]:.2f} |")
+
+
+def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> list[str]:
+  """Writes the run's figures as PNG into `out_dir` (default workdir/figures); returns their paths."""
   config, model, params, splits = train.restore_trained(workdir)
   test = splits["test"]
   apply = jax.jit(lambda x: model.apply({"params": params}, x))
-  out_dir = os.path.join(workdir, "figures")
+  out_dir = out_dir or os.path.join(workdir, "figures")
   os.makedirs(out_dir, exist_ok=True)
   paths = []
 
@@ -47,10 +57,14 @@ def make_figures(workdir: str, *, num_images: int = 10) -> list[str]:
 
 def main(argv):
   del argv
-  for path in make_figures(flags.FLAGS.workdir):
+  for path in make_figures(flags.FLAGS.workdir, out_dir=flags.FLAGS.figures_dir):
     print(path)
+  print("| run | epochs | test loss | test MSE per pixel | s/epoch | first epoch s (with compile) |")
+  print("|---|---|---|---|---|---|")
+  print(summary_row(flags.FLAGS.workdir))
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Folder of a run.", required=True)
+  flags.DEFINE_string("figures_dir", "", "Where to write the PNGs (default: WORKDIR/figures).")
   app.run(main)

@@ -34,7 +34,9 @@ def test_figures_hold_what_they_show():
   codes, labels = rng.normal(size=(200, 3)), rng.integers(0, 10, 200)
   fig = figures.code_scatter_3d(codes, labels)
   ax = fig.axes[0]
-  assert len(ax.collections) == 10 and sum(len(c.get_offsets()) for c in ax.collections) == 200
+  drawn = sum(len(c.get_offsets()) for c in ax.collections)
+  assert len(ax.collections) == 10 and 190 <= drawn <= 200  # at most a few outliers left out
+  assert ax.get_title() == "Test codes" if drawn == 200 else f"{200 - drawn} outliers not drawn" in ax.get_title()
   rows = [rng.uniform(size=(6, 784)), rng.uniform(size=(6, 784))]
   fig = figures.image_rows(rows, row_titles=["input", "recon"])
   assert len(fig.axes) == 12
