@@ -14,8 +14,9 @@ def _setup(key, *, batch=16, steps=6, loss=None):
   model = models.build("dense", encoder_features=(16, 3), decoder_features=(16, 20))
   loss_fn = objective.from_weights(loss or {"bce": 1.0})
   tx = train.make_optimizer("adam", learning_rate=1e-2)
-  k_data, k_init, k_step = jax.random.split(key, 3)
-  data_x = jax.random.uniform(k_data, (batch * steps, 20))
+  k_code, k_mix, k_init, k_step = jax.random.split(key, 4)
+  # Data with a 3-d structure (what a 3-d code can capture), in (0, 1) for the cross-entropy.
+  data_x = jax.nn.sigmoid(jax.random.normal(k_code, (batch * steps, 3)) @ jax.random.normal(k_mix, (3, 20)))
   state = train.create_state(k_init, model, tx, data_x[0])
   return model, loss_fn, state, data_x, k_step
 
@@ -54,10 +55,10 @@ def test_step_lowers_the_loss_on_a_fixed_batch(key):
   step = jax.jit(train.make_train_step(model, loss_fn))
   batch = data_x[:16]
   _, first = step(state, batch, step_key)
-  for _ in range(30):
+  for _ in range(50):
     state, m = step(state, batch, step_key)
   chex.assert_tree_all_finite(state.params)
-  assert float(m["loss"]) < 0.6 * float(first["loss"])
+  assert float(m["loss"]) < 0.3 * float(first["loss"])
 
 
 def test_eval_averages_over_uneven_batches(key):
