@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -55,3 +56,101 @@ def mean_bce_with_logits(logits: jax.Array, x: jax.Array) -> jax.Array:
     [B] bce_with_logits(logits, x) / D.
   """
   return jnp.mean(optax.losses.sigmoid_binary_cross_entropy(logits, x), axis=-1)
+
+
+# Contractive penalties: ||dh/dx||_F^2 of the code h = encode(x) of ONE example, vmapped over the batch.
+# `encode` maps one example (any shape) to its code (any shape); Jacobians are taken of that map.
+JACOBIAN_MODES = ("jacfwd", "jacrev", "auto")
+
+
+def jacobian_mode(encode, example: jax.Array, mode: str = "auto") -> str:
+  """The autodiff mode for `mode`: "auto" picks forward mode when the input has no more entries than
+  the code (D <= K: D forward passes of tangents), reverse mode otherwise (K backward passes)."""
+  if mode not in JACOBIAN_MODES:
+    raise ValueError(f"Unknown Jacobian mode {mode!r}; known: {', '.join(JACOBIAN_MODES)}.")
+  if mode != "auto":
+    return mode
+  code_size = int(np.prod(jax.eval_shape(encode, example).shape))
+  return "jacfwd" if example.size <= code_size else "jacrev"
+
+
+def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd") -> jax.Array:
+  """Exact squared Frobenius norm of the encoder Jacobian, per example.
+
+  Args:
+    encode: one example [*S] -> code [*K] (parameters bound).
+    x: [B, *S] inputs.
+    mode: "jacfwd" (forward mode, cost ~ D Jacobian-vector products), "jacrev" (reverse mode, ~ K
+      vector-Jacobian products) or "auto" (the cheaper of the two by D and K; see `jacobian_mode`).
+
+  Returns:
+    [B] ||dh/dx||_F^2 = sum_jk (dh_j / dx_k)^2.
+
+  References:
+    Rifai et al., Contractive auto-encoders: explicit invariance during feature extraction, ICML 2011,
+    eq. (2).
+  """
+  jac = jax.jacfwd(encode) if jacobian_mode(encode, x[0], mode) == "jacfwd" else jax.jacrev(encode)
+  return jax.vmap(lambda xi: jnp.sum(jac(xi) ** 2))(x)
+
+
+def sigmoid_jacobian_sq_norm(h: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Closed form of ||dh/dx||_F^2 for one sigmoid layer h = sigmoid(x W + b).
+
+  Args:
+    h: [B, K] codes.
+    kernel: [D, K] the layer's W.
+
+  Returns:
+    [B] sum_j (h_j (1 - h_j))^2 sum_i W_ij^2, since J = diag(h (1 - h)) W^T.
+  """
+  return jnp.sum((h * (1.0 - h)) ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)
+
+
+def projected_jacobian_sq_norm(key: jax.Array, encode, x: jax.Array, *, num_projections: int) -> jax.Array:
+  """Unbiased estimate of ||dh/dx||_F^2 from random projections: E ||J v||^2 = ||J||_F^2, v ~ N(0, I).
+
+  Costs `num_projections` Jacobian-vector products per example instead of the whole Jacobian.
+
+  Args:
+    key: PRNG key for the projections.
+    encode: one example [*S] -> code [*K].
+    x: [B, *S] inputs.
+    num_projections: k, the number of directions per example; the variance falls as 1/k.
+
+  Returns:
+    [B] mean over k draws of ||J v||^2.
+  """
+  v = jax.random.normal(key, (x.shape[0], num_projections) + x.shape[1:], x.dtype)
+
+  def one(xi, vi):
+    jv = jax.vmap(lambda d: jax.jvp(encode, (xi,), (d,))[1])(vi)
+    return jnp.mean(jnp.sum(jv.reshape(num_projections, -1) ** 2, axis=-1))
+  return jax.vmap(one)(x, v)
+
+
+def jacobian_difference_sq_norm(key: jax.Array, encode, x: jax.Array, *, sigma: float, num_copies: int,
+                                mode: str = "jacfwd") -> jax.Array:
+  """The higher-order term of CAE+H: E ||J(x) - J(x + eps)||_F^2, eps ~ N(0, sigma^2 I).
+
+  Args:
+    key: PRNG key for the corruption.
+    encode: one example [*S] -> code [*K].
+    x: [B, *S] inputs.
+    sigma: standard deviation of the Gaussian corruption.
+    num_copies: corrupted copies per example the expectation is averaged over.
+    mode: how each Jacobian is computed (see `jacobian_sq_norm`).
+
+  Returns:
+    [B] mean over copies of ||J(x) - J(x + eps)||_F^2.
+
+  References:
+    Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011, eq. (5).
+  """
+  jac = jax.jacfwd(encode) if jacobian_mode(encode, x[0], mode) == "jacfwd" else jax.jacrev(encode)
+  eps = sigma * jax.random.normal(key, (x.shape[0], num_copies) + x.shape[1:], x.dtype)
+
+  def one(xi, ei):
+    j0 = jac(xi)
+    return jnp.mean(jax.vmap(lambda e: jnp.sum((j0 - jac(xi + e)) ** 2))(ei))
+  return jax.vmap(one)(x, eps)

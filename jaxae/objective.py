@@ -2,12 +2,16 @@
 
 A term maps `LossInputs` to a scalar (the batch mean taken here). Add your own with
 `@register("name")` and weight it in the config's `loss` dict; metrics report each term unweighted.
+A term's keyword-only hyperparameters come from the config's `loss_options` dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
+
+import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +29,14 @@ class LossInputs(NamedTuple):
     out: the model's outputs on x_in: "code", "recon" and, for sigmoid outputs, "logits".
     params: the model parameters (for weight decay and the like).
     encode: one example [D] -> its code [K], parameters bound (for Jacobian penalties).
+    key: PRNG key of this step for stochastic terms (projections, corruption), or None.
   """
   x: jax.Array
   x_in: jax.Array
   out: Mapping[str, jax.Array]
   params: Any
   encode: Callable[[jax.Array], jax.Array]
+  key: jax.Array | None = None
 
 
 Term = Callable[[LossInputs], jax.Array]
@@ -76,6 +82,51 @@ def bce_per_pixel(inp: LossInputs) -> jax.Array:
   return jnp.mean(losses.mean_bce_with_logits(_logits(inp), inp.x))
 
 
+def _one_sigmoid_layer_kernel(params) -> jax.Array:
+  """W [D, K] of a model whose encoder is one dense layer (tied: kernel_0; dense: encoder/dense_0)."""
+  if "kernel_0" in params and "kernel_1" not in params:
+    return params["kernel_0"]
+  encoder = params.get("encoder", {})
+  if set(encoder) == {"dense_0"}:
+    return encoder["dense_0"]["kernel"]
+  raise UserError("contractive mode 'closed_form' holds for a one-layer sigmoid encoder only; this model has "
+                  "more layers. Use mode 'jacfwd' (exact for any encoder).")
+
+
+def _needs_key(inp: LossInputs, term: str) -> jax.Array:
+  if inp.key is None:
+    raise ValueError(f"Loss term {term!r} is stochastic and needs LossInputs.key.")
+  return inp.key
+
+
+CONTRACTIVE_MODES = losses.JACOBIAN_MODES + ("closed_form", "projections")
+
+
+@register("contractive")
+def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int = 1) -> jax.Array:
+  """Batch mean of ||dh/dx||_F^2 at the encoder's input, h the code of one example.
+
+  mode: "jacfwd" (exact, any encoder, the default), "jacrev", "auto" (the cheaper exact mode),
+  "closed_form" (exact, one sigmoid layer only), "projections" (unbiased estimate from
+  `num_projections` random directions).
+  """
+  if mode not in CONTRACTIVE_MODES:
+    raise UserError(f"Unknown contractive mode {mode!r}; known: {', '.join(CONTRACTIVE_MODES)}.")
+  if mode == "closed_form":
+    return jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], _one_sigmoid_layer_kernel(inp.params)))
+  if mode == "projections":
+    return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
+                                                      num_projections=num_projections))
+  return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode))
+
+
+@register("contractive_h")
+def contractive_h(inp: LossInputs, *, sigma: float = 0.1, num_copies: int = 4, mode: str = "jacfwd") -> jax.Array:
+  """CAE+H's higher-order term: batch mean of E ||J(x) - J(x + eps)||_F^2, eps ~ N(0, sigma^2 I)."""
+  return jnp.mean(losses.jacobian_difference_sq_norm(_needs_key(inp, "contractive_h"), inp.encode, inp.x_in,
+                                                     sigma=sigma, num_copies=num_copies, mode=mode))
+
+
 def weighted_sum(terms: Mapping[str, tuple[float, Term]]
                  ) -> Callable[[LossInputs], tuple[jax.Array, dict[str, jax.Array]]]:
   """The objective sum_i w_i term_i; its metrics hold every term unweighted and the total as "loss"."""
@@ -86,12 +137,34 @@ def weighted_sum(terms: Mapping[str, tuple[float, Term]]
   return objective
 
 
-def from_weights(weights: Mapping[str, float]) -> Callable[[LossInputs], tuple[jax.Array, dict]]:
-  """weighted_sum of registered terms by name, e.g. {"bce": 1.0, "contractive": 0.1}."""
+def from_weights(weights: Mapping[str, float], options: Mapping[str, Mapping[str, Any]] | None = None
+                 ) -> Callable[[LossInputs], tuple[jax.Array, dict]]:
+  """weighted_sum of registered terms by name, e.g. {"bce": 1.0, "contractive": 0.1}.
+
+  Args:
+    weights: term name -> weight.
+    options: term name -> keyword hyperparameters of that term, e.g. {"contractive": {"mode": "jacrev"}}.
+  """
+  options = {name: dict(opts) for name, opts in (options or {}).items()}
   unknown = [name for name in weights if name not in TERMS]
   if unknown:
     raise UserError(f"Unknown loss term(s) {', '.join(map(repr, unknown))}; known terms: "
                     f"{', '.join(sorted(TERMS))}. Register your own with @jaxae.objective.register.")
   if not weights:
     raise UserError("The config's loss is empty; give at least one term, e.g. --config.loss='{\"mse\": 1.0}'.")
-  return weighted_sum({name: (float(w), TERMS[name]) for name, w in weights.items()})
+  stray = [name for name in options if name not in weights]
+  if stray:
+    raise UserError(f"loss_options given for {', '.join(map(repr, stray))}, which the loss does not use; "
+                    "add the term to the config's loss or drop its options.")
+  terms = {}
+  for name, w in weights.items():
+    term = TERMS[name]
+    if options.get(name):
+      bad = [k for k in options[name] if k not in inspect.signature(term).parameters or k == "inp"]
+      if bad:
+        known = [p for p in inspect.signature(term).parameters if p != "inp"]
+        raise UserError(f"Loss term {name!r} has no option {', '.join(map(repr, bad))}; its options: "
+                        f"{', '.join(known) or 'none'}.")
+      term = functools.partial(term, **options[name])
+    terms[name] = (float(w), term)
+  return weighted_sum(terms)

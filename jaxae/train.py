@@ -58,13 +58,13 @@ def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | Non
     corrupt: optional (key, x) -> x_noisy applied to the input only (denoising); targets stay clean.
   """
   def step(state: TrainState, batch: jax.Array, step_key: jax.Array):
-    noise_key, latent_key, dropout_key = jax.random.split(jax.random.fold_in(step_key, state.step), 3)
+    noise_key, latent_key, dropout_key, loss_key = jax.random.split(jax.random.fold_in(step_key, state.step), 4)
     x_in = batch if corrupt is None else corrupt(noise_key, batch)
 
     def loss(params):
       out = model.apply({"params": params}, x_in, train=True,
                         rngs={"latent": latent_key, "dropout": dropout_key})
-      return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params)))
+      return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params), loss_key))
 
     grads, metrics = jax.grad(loss, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads), metrics
@@ -83,11 +83,15 @@ def make_train_chunk(train_step: Callable) -> Callable:
   return chunk
 
 
-def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int) -> Callable:
-  """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse"."""
+def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None) -> Callable:
+  """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
+
+  Stochastic terms draw from `key` (the same draws at every evaluation)."""
+  key = jax.random.PRNGKey(0) if key is None else key
+
   def batch_metrics(params, x):
     out = model.apply({"params": params}, x)
-    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params)))
+    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params), key))
     return {"mse": objective.mse(objective.LossInputs(x, x, out, params, None)), **metrics}
 
   @jax.jit
@@ -134,16 +138,28 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 def build_from_config(config: ml_collections.ConfigDict):
   """(model, loss_fn, tx) named by the config."""
   model = models.build(config.model.name, **config.model.kwargs.to_dict())
-  loss_fn = objective.from_weights(dict(config.loss))
+  loss_fn = objective.from_weights(dict(config.loss), config.loss_options.to_dict())
   tx = make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
                       weight_decay=config.optimizer.weight_decay)
   return model, loss_fn, tx
 
 
+DTYPES = ("float32", "float64")
+
+
+def set_dtype(config: ml_collections.ConfigDict) -> None:
+  """float64 runs need JAX's 64-bit mode, switched on before any array is made."""
+  if config.dtype not in DTYPES:
+    raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
+  if config.dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+
+
 def load_data(config: ml_collections.ConfigDict) -> dict[str, data.Split]:
   d = config.data
   return data.load_mnist(source=d.source, scaling=d.scaling, train_subset=d.train_subset,
-                         test_subset=d.test_subset, data_dir=d.data_dir, download=d.download)
+                         test_subset=d.test_subset, data_dir=d.data_dir, download=d.download,
+                         dtype=jnp.dtype(config.dtype))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -153,6 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   files under workdir/tensorboard.
   """
   _validate(config)
+  set_dtype(config)
   _prepare_workdir(workdir)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -164,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                     "keeps all).")
   model, loss_fn, tx = build_from_config(config)
-  init_key, data_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
   state = create_state(init_key, model, tx, splits["train"].x[0])
 
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
@@ -181,7 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
   chunk = make_train_chunk(make_train_step(model, loss_fn))
-  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]))
+  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
+                       key=eval_key)
   try:
     with MetricWriter(workdir) as writer:
       for epoch in range(start // steps_per_epoch, config.epochs):
@@ -198,7 +216,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             bar.set_postfix(loss=f"{np.mean([p['loss'].mean() for p in per_step]):.4f}")
         train = mean_metrics({k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]})
         epoch_s = time.perf_counter() - t0
+        first = per_step[0] if idx.shape[0] == steps_per_epoch else {}  # this epoch's first steps
         record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
+                  **{f"train/step{i}/{k}": float(v[i]) for k, v in first.items()
+                     for i in range(min(config.log_first_steps, len(v)))},
                   **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
                   "time/epoch_s": epoch_s}
         writer.write(int(state.step), record)
@@ -221,6 +242,7 @@ def restore_trained(workdir: str):
     raise UserError(f"{workdir!r} holds no run (no config.json); train into it first.")
   with open(path, encoding="utf-8") as f:
     config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  set_dtype(config)
   model, _, tx = build_from_config(config)
   splits = load_data(config)
   state = create_state(jax.random.PRNGKey(0), model, tx, splits["train"].x[0])

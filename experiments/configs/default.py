@@ -6,6 +6,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # root key: split once into init, data order and step keys
+  c.dtype = "float32"             # "float64" switches on JAX's 64-bit mode (data and losses in float64)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"          # "tfds" (TFDS order) or "idx" (IDX files in file order)
@@ -20,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict()  # the model's fields
 
   c.loss = ml_collections.ConfigDict({"mse": 1.0})  # term name (jaxae.objective.TERMS) -> weight
+  c.loss_options = ml_collections.ConfigDict()      # term name -> its keyword options, e.g. {"mode": "jacrev"}
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"       # "adam" or "sgd"
@@ -33,4 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 3
+  c.log_first_steps = 0           # also log the metrics of each epoch's first N steps (train/stepI/...)
   return c

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
+
 import flax.linen as nn
 
 from jaxae.errors import UserError
 from jaxae.models.dense import DenseAE, MLP, count_params
+from jaxae.models.tied import TiedAE, theano_sigmoid_uniform
 
-MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE}
+MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE}
+
+
+def resolve(path: str):
+  """"package.module:name" -> that object; how a config hands a model a function (an initializer)."""
+  module, _, name = path.partition(":")
+  try:
+    return getattr(importlib.import_module(module), name)
+  except (ImportError, AttributeError) as e:
+    raise UserError(f"Cannot import {path!r} ({e}); give 'package.module:function'.") from e
 
 
 def build(name: str, **kwargs) -> nn.Module:
   """The model registered as `name`, with `kwargs` as its fields."""
   if name not in MODELS:
     raise UserError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
+  kwargs = {k: resolve(v) if k.endswith("_init") and isinstance(v, str) else v for k, v in kwargs.items()}
   try:
     return MODELS[name](**kwargs)
   except TypeError as e:
@@ -21,4 +34,4 @@ def build(name: str, **kwargs) -> nn.Module:
     raise UserError(f"Bad field for model {name!r}: {e}. Its fields: {fields}.") from e
 
 
-__all__ = ["MODELS", "build", "DenseAE", "MLP", "count_params"]
+__all__ = ["MODELS", "build", "resolve", "DenseAE", "MLP", "TiedAE", "count_params", "theano_sigmoid_uniform"]

@@ -1,0 +1,46 @@
+"""S5: the contractive autoencoder of the Theano tutorial (cA), faithfully (SEEDS.md S5).
+
+784-500, tied weights, sigmoid code and output; W drawn by numpy RandomState(123) as the tutorial draws
+it, biases zero; the first 50,000 training images in IDX file order, pixels / 256; float64; batches of 10
+in order; plain SGD lr 0.01; loss = batch mean of the cross-entropy summed over pixels + 0.1 * batch mean
+of ||dh/dx||_F^2 (closed form, as the tutorial computes it; `--config.loss_options.contractive.mode=jacfwd`
+gives the same numbers through autodiff). Each epoch also logs its first two steps, from which the tutorial
+printed its line (see experiments/cae_report.py).
+
+  python -m experiments.main --config experiments/configs/cae_theano.py --workdir runs/s5 \
+      --config.data.data_dir=PATH_TO_MNIST_IDX_FILES
+
+Cost and result: see the README's S5 section.
+"""
+
+from experiments.configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  c.dtype = "float64"
+  c.data.source = "idx"
+  c.data.scaling = "unit256"
+  c.data.train_subset = 50_000
+  c.model.name = "tied"
+  c.model.kwargs.input_dim = 784
+  c.model.kwargs.features = (500,)
+  c.model.kwargs.activation = "sigmoid"
+  c.model.kwargs.output_activation = "sigmoid"
+  c.model.kwargs.kernel_init = "experiments.initializers:theano_rs123"
+  c.model.kwargs.param_dtype = "float64"
+  c.loss = {"bce": 1.0, "contractive": 0.1}
+  c.loss_options = {"contractive": {"mode": "closed_form"}}
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.01
+  c.batch_size = 10
+  c.shuffle = False
+  c.epochs = 20
+  c.chunk_steps = 500
+  c.log_first_steps = 2
+  if arg == "smoke":
+    c.data.train_subset = 200
+    c.data.test_subset = 100
+    c.epochs = 2
+    c.chunk_steps = 10
+  return c
