@@ -49,6 +49,10 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
        "reconstructions.png")
   codes = np.asarray(jax.device_get(jax.lax.map(apply, test.x.reshape(-1, 1, test.x.shape[-1]))["code"]))
   codes = codes.reshape(test.x.shape[0], -1)
+  kernel = params.get("kernel_0")
+  if kernel is not None and kernel.shape[0] == 784:
+    save(figures.filter_tiles(np.asarray(kernel), title=f"First 100 of {kernel.shape[1]} filters (columns of W)"),
+         "filters.png")
   if codes.shape[-1] == 3:
     save(figures.code_scatter_3d(codes, np.asarray(test.labels),
                                  title=f"Test codes ({len(codes)} digits)"), "codes_3d.png")

@@ -67,3 +67,17 @@ def loss_curves(records: Sequence[dict], *, keys: Sequence[str] = ("train/loss",
   ax.legend()
   fig.tight_layout()
   return fig
+
+
+def filter_tiles(kernel: np.ndarray, *, rows: int = 10, cols: int = 10, shape=(28, 28), title: str = "Filters"):
+  """The first rows*cols filters (columns of kernel [D, K]) as images, each scaled to its own range."""
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.75, rows * 0.75 + 0.4), squeeze=False)
+  for n, ax in enumerate(axes.ravel()):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if n < kernel.shape[1]:
+      w = np.asarray(kernel[:, n]).reshape(shape)
+      ax.imshow((w - w.min()) / (np.ptp(w) + 1e-12), cmap="gray", vmin=0.0, vmax=1.0)
+  fig.suptitle(title, fontsize=10)
+  fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.05)
+  return fig

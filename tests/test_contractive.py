@@ -1,0 +1,178 @@
+"""The contractive penalty: every mode exact against the closed form and finite differences (float64),
+its parameter gradient, the projection estimator's mean and variance, CAE+H, and the S5 epoch-0 digits."""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxae import losses, models, objective, train
+from jaxae.errors import UserError
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+def _tied(key, d=12, k=7):
+  """A one-layer sigmoid tied AE with random kernel and random (non-zero) biases, float64."""
+  model = models.TiedAE(input_dim=d, features=(k,), param_dtype="float64")
+  k1, k2, k3 = jax.random.split(key, 3)
+  params = model.init(k1, jnp.zeros(d, jnp.float64))["params"]
+  params = {**params, "bias_0": jax.random.normal(k2, (k,), jnp.float64),
+            "decoder_bias_0": jax.random.normal(k3, (d,), jnp.float64)}
+  return model, params
+
+
+def _deep(key, d=10, dtype=jnp.float64):
+  """A deep smooth dense encoder 10-9-6-4 (tanh), float64 unless said."""
+  model = models.DenseAE(encoder_features=(9, 6, 4), decoder_features=(6, d), activation="tanh",
+                         code_activation="tanh")
+  params = model.init(key, jnp.zeros(d, dtype))["params"]
+  params = jax.tree_util.tree_map(lambda p: p.astype(dtype) + 0.1, params)  # non-zero biases
+  return model, params
+
+
+def _fd_sq_norm(encode, x, h=1e-6):
+  """||J||_F^2 per example from central finite differences of the encoder, in numpy float64."""
+  out = []
+  for xi in np.asarray(x):
+    cols = [(np.asarray(encode(jnp.asarray(xi + h * e))) - np.asarray(encode(jnp.asarray(xi - h * e)))) / (2 * h)
+            for e in np.eye(xi.size)]
+    out.append(np.sum(np.square(cols)))
+  return np.array(out)
+
+
+def test_modes_agree_with_closed_form_and_finite_differences(x64, key):
+  model, params = _tied(key)
+  encode = train.bind_encode(model, params)
+  x = jax.random.uniform(jax.random.fold_in(key, 1), (5, 12), jnp.float64)
+  closed = losses.sigmoid_jacobian_sq_norm(encode(x), params["kernel_0"])
+  for mode in ("jacfwd", "jacrev", "auto"):
+    np.testing.assert_allclose(losses.jacobian_sq_norm(encode, x, mode=mode), closed, rtol=1e-12)
+  np.testing.assert_allclose(closed, _fd_sq_norm(encode, x), rtol=1e-6)
+  assert closed.dtype == jnp.float64 and np.all(np.asarray(closed) > 0)
+
+
+def test_deep_encoder_modes_agree_with_finite_differences(x64, key):
+  model, params = _deep(key)
+  encode = train.bind_encode(model, params)
+  x = jax.random.normal(jax.random.fold_in(key, 1), (4, 10), jnp.float64)
+  fwd = losses.jacobian_sq_norm(encode, x, mode="jacfwd")
+  np.testing.assert_allclose(losses.jacobian_sq_norm(encode, x, mode="jacrev"), fwd, rtol=1e-12)
+  np.testing.assert_allclose(fwd, _fd_sq_norm(encode, x), rtol=1e-6)
+
+
+def test_auto_mode_rule():
+  enc = lambda x: jnp.tanh(x[:3])
+  assert losses.jacobian_mode(enc, jnp.ones(2), "auto") == "jacfwd"  # D=2 <= K=2
+  assert losses.jacobian_mode(enc, jnp.ones(10), "auto") == "jacrev"  # D=10 > K=3
+  assert losses.jacobian_mode(lambda x: jnp.concatenate([x, x]), jnp.ones(4), "auto") == "jacfwd"
+
+
+@pytest.mark.parametrize("mode", ["jacfwd", "jacrev", "closed_form"])
+def test_penalty_gradient_matches_finite_differences(x64, key, mode):
+  model, params = _tied(key, d=6, k=4)
+  x = jax.random.uniform(jax.random.fold_in(key, 1), (3, 6), jnp.float64)
+  term = objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": mode}})
+
+  def penalty(p):
+    out = model.apply({"params": p}, x)
+    return term(objective.LossInputs(x, x, out, p, train.bind_encode(model, p)))[0]
+  check_grads(penalty, (params,), order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
+  # The `//` trap of the tutorial's Python 3 port: a floor-divided penalty has a zero gradient.
+  grads = jax.grad(penalty)(params)
+  assert float(jnp.abs(grads["kernel_0"]).max()) > 1e-3
+
+
+def test_projection_estimator_unbiased_and_variance_falls_as_one_over_k(x64, key):
+  model, params = _deep(key)
+  encode = train.bind_encode(model, params)
+  x = jax.random.normal(jax.random.fold_in(key, 1), (1, 10), jnp.float64)
+  jac = jax.jacfwd(encode)(x[0])
+  exact = float(jnp.sum(jac ** 2))
+  var1 = 2.0 * float(jnp.sum((jac @ jac.T) ** 2))  # Var ||J v||^2 = 2 ||J J^T||_F^2 for v ~ N(0, I)
+  n = 20_000
+  for k in (1, 4, 16):
+    draws = jax.vmap(lambda kk: losses.projected_jacobian_sq_norm(kk, encode, x, num_projections=k)[0])(
+        jax.random.split(jax.random.fold_in(key, k), n))
+    draws = np.asarray(draws)
+    assert abs(draws.mean() - exact) < 3 * draws.std(ddof=1) / np.sqrt(n), (k, draws.mean(), exact)
+    np.testing.assert_allclose(draws.var(ddof=1), var1 / k, rtol=0.15)
+
+
+def test_cae_h_term_against_finite_difference_jacobians(x64, key):
+  model, params = _deep(key)
+  encode = train.bind_encode(model, params)
+  x = jax.random.normal(jax.random.fold_in(key, 1), (3, 10), jnp.float64)
+  noise_key = jax.random.fold_in(key, 2)
+  got = losses.jacobian_difference_sq_norm(noise_key, encode, x, sigma=0.3, num_copies=2)
+  eps = 0.3 * jax.random.normal(noise_key, (3, 2, 10), jnp.float64)  # the same draws, as documented
+
+  def fd_jac(xi, h=1e-6):
+    return np.stack([(np.asarray(encode(jnp.asarray(xi + h * e))) - np.asarray(encode(jnp.asarray(xi - h * e))))
+                     / (2 * h) for e in np.eye(10)], axis=1)
+  ref = [np.mean([np.sum((fd_jac(np.asarray(x[b])) - fd_jac(np.asarray(x[b] + eps[b, c]))) ** 2) for c in range(2)])
+         for b in range(3)]
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  assert np.all(np.asarray(got) > 0)
+  # A linear encoder has a constant Jacobian: the term vanishes.
+  lin = lambda xi: xi[:4] * 3.0
+  np.testing.assert_allclose(losses.jacobian_difference_sq_norm(noise_key, lin, x, sigma=0.3, num_copies=2), 0.0)
+
+
+def test_contractive_term_errors(key):
+  model, params = _deep(key, dtype=jnp.float32)
+  x = jax.random.normal(key, (2, 10))
+  inp = objective.LossInputs(x, x, model.apply({"params": params}, x), params, train.bind_encode(model, params))
+  with pytest.raises(UserError, match="one-layer sigmoid encoder only"):
+    objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)
+  with pytest.raises(UserError, match="Unknown contractive mode 'exact'"):
+    objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "exact"}})(inp)
+  with pytest.raises(UserError, match="has no option 'k'; its options: mode, num_projections"):
+    objective.from_weights({"contractive": 1.0}, {"contractive": {"k": 3}})
+  with pytest.raises(ValueError, match="needs LossInputs.key"):
+    objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "projections"}})(inp)
+
+
+def test_tied_decoder_reads_the_encoder_kernel(key):
+  model = models.TiedAE(input_dim=8, features=(5, 3), activation="tanh", output_activation="linear")
+  x = jax.random.normal(key, (4, 8))
+  params = model.init(key, x)["params"]
+  assert sorted(params) == ["bias_0", "bias_1", "decoder_bias_0", "decoder_bias_1", "kernel_0", "kernel_1"]
+  assert models.count_params(params) == 8 * 5 + 5 * 3 + 5 + 3 + 8 + 5
+  code = model.apply({"params": params}, x, method="encode")
+  # Gradients reach the shared kernel from the decoder alone (code held fixed) and from the encoder.
+  g_dec = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, code, method="decode") ** 2))(params)
+  g_enc = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, method="encode") ** 2))(params)
+  assert float(jnp.abs(g_dec["kernel_0"]).max()) > 0 and float(jnp.abs(g_enc["kernel_0"]).max()) > 0
+  chex.assert_trees_all_close(model.apply({"params": params}, x)["recon"],
+                              jnp.tanh(code @ params["kernel_1"].T + params["decoder_bias_1"]) @ params["kernel_0"].T
+                              + params["decoder_bias_0"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not os.environ.get("JAXAE_IDX_DIR"), reason="needs the MNIST IDX files (JAXAE_IDX_DIR)")
+@pytest.mark.parametrize("mode", ["closed_form", "jacfwd"])
+def test_s5_epoch0_line_reproduces_the_published_digits(x64, mode):
+  """The tutorial's epoch-0 line depends on the initialisation and the first two batches only."""
+  from experiments.configs import cae_theano  # pylint: disable=g-import-not-at-top
+  from jaxae import data  # pylint: disable=g-import-not-at-top
+  c = cae_theano.get_config()
+  c.loss_options.contractive.mode = mode
+  model, loss_fn, tx = train.build_from_config(c)
+  images, _ = data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
+  x = jnp.asarray(data.scale(images[:20], scaling="unit256"))
+  state = train.create_state(jax.random.PRNGKey(0), model, tx, x[0])
+  step = jax.jit(train.make_train_step(model, loss_fn))
+  state, m0 = step(state, x[:10], jax.random.PRNGKey(0))
+  _, m1 = step(state, x[10:], jax.random.PRNGKey(0))
+  printed_cost = (m0["bce"] + m0["contractive"]) / 2  # numpy.mean(c[0]): batch 0's (recon, penalty)
+  printed_norm = (jnp.sqrt(m1["bce"]) + jnp.sqrt(m1["contractive"])) / 2  # numpy.mean(sqrt(c[1]))
+  np.testing.assert_allclose(float(printed_cost), 589.571872577, rtol=5e-12)
+  np.testing.assert_allclose(float(printed_norm), 20.9938791886, rtol=5e-12)
