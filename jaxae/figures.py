@@ -81,3 +81,35 @@ def filter_tiles(kernel: np.ndarray, *, rows: int = 10, cols: int = 10, shape=(2
   fig.suptitle(title, fontsize=10)
   fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.05)
   return fig
+
+
+def spectra(curves: dict[str, np.ndarray], *, title: str = "Singular values of dh/dx, mean over test points"):
+  """One line per model: mean singular values [K] of the encoder Jacobian, largest first (log scale)."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, values in curves.items():
+    ax.plot(np.arange(1, len(values) + 1), values, label=label)
+  ax.set_xlabel("index of the singular value")
+  ax.set_ylabel("singular value")
+  ax.set_yscale("log")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
+def contraction_curves(radii: np.ndarray, curves: dict[str, np.ndarray], *,
+                       title: str = "Contraction ratio ||h(x + r u) - h(x)|| / r"):
+  """One line per model: mean contraction ratio against the input-space distance r (log-log)."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, values in curves.items():
+    ax.plot(radii, values, marker="o", ms=3, label=label)
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("distance r in input space")
+  ax.set_ylabel("contraction ratio")
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return fig

@@ -17,7 +17,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxae import checkpoint, data, models, objective
+from jaxae import checkpoint, corruption, data, models, objective
 from jaxae.errors import UserError
 from jaxae.metrics import MetricWriter, check_finite, mean_metrics
 
@@ -136,7 +136,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
 
 def build_from_config(config: ml_collections.ConfigDict):
-  """(model, loss_fn, tx) named by the config."""
+  """(model, loss_fn, tx) named by the config; the corruption comes from `build_corruption`."""
   model = models.build(config.model.name, **config.model.kwargs.to_dict())
   loss_fn = objective.from_weights(dict(config.loss), config.loss_options.to_dict())
   tx = make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
@@ -153,6 +153,11 @@ def set_dtype(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
   if config.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
+
+
+def build_corruption(config: ml_collections.ConfigDict):
+  """The denoising corruption of the config ((key, x) -> x_noisy), or None."""
+  return corruption.build(config.corruption.name, **config.corruption.options.to_dict())
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, data.Split]:
@@ -197,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
-  chunk = make_train_chunk(make_train_step(model, loss_fn))
+  chunk = make_train_chunk(make_train_step(model, loss_fn, build_corruption(config)))
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
                        key=eval_key)
   try:

@@ -11,6 +11,10 @@ printed its line (see experiments/cae_report.py).
       --config.data.data_dir=PATH_TO_MNIST_IDX_FILES
 
 Cost and result: see the README's S5 section.
+
+The same net trained the same way without the penalty, for Rifai's comparisons (experiments/cae_analysis.py):
+`cae_theano.py:ae` (no regulariser), `:ae_wd` (weight decay 1e-3 added to the gradient), `:dae` (Gaussian
+input noise, std 0.3, clean target). These settings are ours, not tuned. `:smoke` shrinks any of them.
 """
 
 from experiments.configs import default
@@ -38,7 +42,20 @@ def get_config(arg: str | None = None):
   c.epochs = 20
   c.chunk_steps = 500
   c.log_first_steps = 2
-  if arg == "smoke":
+  variant, _, size = (arg or "cae").partition(",")
+  if variant == "smoke":
+    variant, size = "cae", "smoke"
+  if variant not in ("cae", "ae", "ae_wd", "dae"):
+    raise ValueError(f"Unknown cae_theano variant {variant!r}; known: cae, ae, ae_wd, dae.")
+  if variant != "cae":
+    c.loss = {"bce": 1.0}
+    c.loss_options = {}
+  if variant == "ae_wd":
+    c.optimizer.weight_decay = 1e-3
+  if variant == "dae":
+    c.corruption.name = "gaussian"
+    c.corruption.options = {"std": 0.3}
+  if size == "smoke":
     c.data.train_subset = 200
     c.data.test_subset = 100
     c.epochs = 2

@@ -23,6 +23,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict({"mse": 1.0})  # term name (jaxae.objective.TERMS) -> weight
   c.loss_options = ml_collections.ConfigDict()      # term name -> its keyword options, e.g. {"mode": "jacrev"}
 
+  c.corruption = ml_collections.ConfigDict()   # denoising: corrupt the input, reconstruct the clean x
+  c.corruption.name = ""          # "" (none), "gaussian", "masking", "salt_and_pepper" (jaxae.corruption)
+  c.corruption.options = ml_collections.ConfigDict()  # e.g. {"std": 0.3} for gaussian
+
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"       # "adam" or "sgd"
   c.optimizer.learning_rate = 1e-3

@@ -1,0 +1,58 @@
+"""Rifai's analyses for trained encoders of the same shape: Jacobian spectra, contraction ratio curves,
+and the mean ||dh/dx||_F over the test set, from the runs' workdirs.
+
+  python -m experiments.cae_analysis --runs=AE:runs/s5_ae,AE+wd:runs/s5_ae_wd,DAE:runs/s5_dae,CAE:runs/s5 \
+      --out docs/figures/s5
+
+Spectra and contraction ratios use the first --points test images; the Frobenius norm uses the whole
+test set. Every Jacobian is exact, through jax.jacfwd or jax.jacrev (the cheaper), whatever the encoder.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+from tqdm.auto import tqdm
+
+from jaxae import analysis, figures, train
+
+flags.DEFINE_string("runs", None, "LABEL:WORKDIR pairs, comma-separated.", required=True)
+flags.DEFINE_string("out", "", "Folder for the two figures (default: the last run's figures/).")
+flags.DEFINE_integer("points", 500, "Test points for the spectra and the contraction ratios.")
+FLAGS = flags.FLAGS
+RADII = np.geomspace(0.05, 30.0, 16)
+
+
+def analyse(workdir: str, points: int) -> dict:
+  _, model, params, splits = train.restore_trained(workdir)
+  encode = train.bind_encode(model, params)
+  x = splits["test"].x
+  sv = np.asarray(analysis.jacobian_singular_values(encode, x[:points]))
+  return {"spectrum": sv.mean(0),
+          "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
+          "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
+          "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1)))}
+
+
+def main(argv):
+  del argv
+  runs = dict(pair.split(":", 1) for pair in FLAGS.runs.split(","))
+  results = {label: analyse(workdir, FLAGS.points) for label, workdir in tqdm(runs.items(), desc="runs")}
+  out = FLAGS.out or os.path.join(list(runs.values())[-1], "figures")
+  os.makedirs(out, exist_ok=True)
+  for name, fig in (("jacobian_spectra.png", figures.spectra({k: r["spectrum"] for k, r in results.items()})),
+                    ("contraction_ratios.png",
+                     figures.contraction_curves(RADII, {k: r["ratios"] for k, r in results.items()}))):
+    fig.savefig(os.path.join(out, name), dpi=110)
+    print(os.path.join(out, name))
+  print(f"\n| model | mean \\|\\|J\\|\\|_F, test set | singular values above 1% of the largest (mean) | "
+        f"contraction ratio at r = {RADII[0]:.2g} / {RADII[8]:.2g} / {RADII[-1]:.2g} |")
+  print("|---|---|---|---|")
+  for label, r in results.items():
+    print(f"| {label} | {r['jf']:.3f} | {r['sv_above_1pct']:.1f} | "
+          f"{r['ratios'][0]:.3f} / {r['ratios'][8]:.3f} / {r['ratios'][-1]:.4f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,70 @@
+"""Analyses of a trained encoder: Jacobian spectra and norms, contraction ratios (Rifai et al., 2011)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxae import losses
+
+
+def _jacobian(encode: Callable, example: jax.Array) -> Callable:
+  """jacfwd or jacrev, whichever costs less for this encoder (see losses.jacobian_mode)."""
+  return jax.jacfwd(encode) if losses.jacobian_mode(encode, example) == "jacfwd" else jax.jacrev(encode)
+
+
+def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int = 50) -> jax.Array:
+  """Singular values of the encoder Jacobian dh/dx at each point, largest first.
+
+  Args:
+    encode: one example [D] -> code [K].
+    x: [N, D] points.
+    batch_size: points per vmapped batch (bounds the memory of N Jacobians).
+
+  Returns:
+    [N, min(K, D)] singular values.
+  """
+  jac = _jacobian(encode, x[0])
+  svals = jax.jit(jax.vmap(lambda xi: jnp.linalg.svd(jac(xi).reshape(-1, xi.size), compute_uv=False)))
+  return jnp.concatenate([svals(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def jacobian_frobenius_norm(encode: Callable, x: jax.Array, *, batch_size: int = 50) -> jax.Array:
+  """||dh/dx||_F at each point: [N], exact (jacfwd or jacrev, the cheaper).
+
+  Rifai et al. (2011), Table 1, reports its mean over the test set."""
+  norms = jax.jit(lambda xb: jnp.sqrt(losses.jacobian_sq_norm(encode, xb, mode="auto")))
+  return jnp.concatenate([norms(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def contraction_ratios(key: jax.Array, encode: Callable, x: jax.Array, radii: Sequence[float], *,
+                       num_directions: int = 8) -> jax.Array:
+  """Mean of ||h(x + r u) - h(x)|| / r over points x and random unit directions u, for each radius r.
+
+  Rifai et al. (2011), Section 5.2 and Figure 2: below 1 the map contracts, and a contractive
+  encoder stays contractive further away from the data.
+
+  Args:
+    key: PRNG key for the directions.
+    encode: one example [D] -> code [K].
+    x: [N, D] points.
+    radii: input-space distances r.
+    num_directions: directions per point and radius.
+
+  Returns:
+    [len(radii)] mean contraction ratio at each radius.
+  """
+  enc = jax.vmap(encode)
+  h0 = enc(x)
+
+  @jax.jit
+  def ratio(k, r):
+    u = jax.random.normal(k, (num_directions,) + x.shape, x.dtype)
+    u = u / jnp.linalg.norm(u.reshape(num_directions, x.shape[0], -1), axis=-1).reshape(
+        (num_directions, x.shape[0]) + (1,) * (x.ndim - 1))
+    moved = jax.vmap(enc)(x[None] + r * u)
+    return jnp.mean(jnp.linalg.norm((moved - h0[None]).reshape(num_directions, x.shape[0], -1), axis=-1)) / r
+
+  return jnp.stack([ratio(jax.random.fold_in(key, i), r) for i, r in enumerate(radii)])
