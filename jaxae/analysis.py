@@ -11,8 +11,9 @@ from jaxae import losses
 
 
 def _jacobian(encode: Callable, example: jax.Array) -> Callable:
-  """jacfwd or jacrev, whichever costs less for this encoder (see losses.jacobian_mode)."""
-  return jax.jacfwd(encode) if losses.jacobian_mode(encode, example) == "jacfwd" else jax.jacrev(encode)
+  """jacfwd or jacrev, whichever costs less for the Jacobian's value (see losses.jacobian_mode)."""
+  mode = losses.jacobian_mode(encode, example, differentiated=False)
+  return jax.jacfwd(encode) if mode == "jacfwd" else jax.jacrev(encode)
 
 
 def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int = 50) -> jax.Array:
@@ -35,7 +36,8 @@ def jacobian_frobenius_norm(encode: Callable, x: jax.Array, *, batch_size: int =
   """||dh/dx||_F at each point: [N], exact (jacfwd or jacrev, the cheaper).
 
   Rifai et al. (2011), Table 1, reports its mean over the test set."""
-  norms = jax.jit(lambda xb: jnp.sqrt(losses.jacobian_sq_norm(encode, xb, mode="auto")))
+  jac = _jacobian(encode, x[0])
+  norms = jax.jit(jax.vmap(lambda xi: jnp.sqrt(jnp.sum(jac(xi) ** 2))))
   return jnp.concatenate([norms(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 

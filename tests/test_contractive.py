@@ -70,10 +70,15 @@ def test_deep_encoder_modes_agree_with_finite_differences(x64, key):
 
 
 def test_auto_mode_rule():
-  enc = lambda x: jnp.tanh(x[:3])
-  assert losses.jacobian_mode(enc, jnp.ones(2), "auto") == "jacfwd"  # D=2 <= K=2
-  assert losses.jacobian_mode(enc, jnp.ones(10), "auto") == "jacrev"  # D=10 > K=3
-  assert losses.jacobian_mode(lambda x: jnp.concatenate([x, x]), jnp.ones(4), "auto") == "jacfwd"
+  code_of = lambda k: (lambda x: jnp.tanh(x[:k]))
+  x = jnp.ones(64)
+  # In a loss (differentiated again): reverse mode only for codes at most 1/16 of the input.
+  assert losses.jacobian_mode(code_of(4), x, "auto") == "jacrev"
+  assert losses.jacobian_mode(code_of(5), x, "auto") == "jacfwd"
+  # For the Jacobian's value alone: the smaller of D and K.
+  assert losses.jacobian_mode(code_of(63), x, "auto", differentiated=False) == "jacrev"
+  assert losses.jacobian_mode(lambda v: jnp.concatenate([v, v]), x, "auto", differentiated=False) == "jacfwd"
+  assert losses.jacobian_mode(code_of(4), x, "jacfwd") == "jacfwd"
 
 
 @pytest.mark.parametrize("mode", ["jacfwd", "jacrev", "closed_form"])

@@ -84,7 +84,7 @@ def test_batch_larger_than_the_data(idx_dir, tmp_path):
 
 
 @pytest.mark.parametrize("flag,needle", [("--config.epochs=abc", "--config.epochs=abc"),
-                                         ("--config.model.name=mlp", "known models: dense")])
+                                         ("--config.model.name=mlp", "known models: conv, dense, tied")])
 def test_wrong_type_and_unknown_model(idx_dir, tmp_path, flag, needle):
   result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir), flag)
   _assert_one_clear_error(result, needle)

@@ -48,7 +48,24 @@ def test_no_logits_without_sigmoid_output(key):
 
 
 def test_unknown_model_and_bad_field():
-  with pytest.raises(UserError, match="Unknown model 'mlp'; known models: dense"):
+  with pytest.raises(UserError, match="Unknown model .mlp.; known models: conv, dense, tied"):
     models.build("mlp")
   with pytest.raises(UserError, match="Bad field for model 'dense'.*encoder_features"):
     models.build("dense", widths=(3,))
+
+
+def test_conv_ae_layer_stack_and_param_count(key):
+  model = models.build("conv")
+  x = jax.random.uniform(key, (3, 784))
+  params = model.init(key, x[0])["params"]
+  by_hand = {"enc_0": 7 * 7 * 1 * 128 + 128, "enc_1": 2 * 2 * 128 * 32 + 32, "enc_2": 7 * 7 * 32 * 1 + 1,
+             "dec_0": 7 * 7 * 1 * 32 + 32, "dec_1": 2 * 2 * 32 * 128 + 128, "dec_2": 7 * 7 * 128 * 1 + 1}
+  assert {k: models.count_params(v) for k, v in params.items()} == by_hand
+  assert models.count_params(params) == sum(by_hand.values()) == 48770
+  out = model.apply({"params": params}, x)
+  chex.assert_shape(out["code"], (3, 49))
+  chex.assert_shape([out["recon"], out["logits"]], (3, 784))
+  one = model.apply({"params": params}, x[0], method="encode")  # one example, for jacfwd
+  chex.assert_shape(one, (49,))
+  chex.assert_trees_all_close(one, out["code"][0], rtol=1e-4, atol=1e-6)
+  assert float(out["code"].min()) >= 0.0  # ReLU code

@@ -7,10 +7,11 @@ import importlib
 import flax.linen as nn
 
 from jaxae.errors import UserError
+from jaxae.models.conv import ConvAE
 from jaxae.models.dense import DenseAE, MLP, count_params
 from jaxae.models.tied import TiedAE, theano_sigmoid_uniform
 
-MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE}
+MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE, "conv": ConvAE}
 
 
 def resolve(path: str):
@@ -34,4 +35,4 @@ def build(name: str, **kwargs) -> nn.Module:
     raise UserError(f"Bad field for model {name!r}: {e}. Its fields: {fields}.") from e
 
 
-__all__ = ["MODELS", "build", "resolve", "DenseAE", "MLP", "TiedAE", "count_params", "theano_sigmoid_uniform"]
+__all__ = ["MODELS", "build", "resolve", "ConvAE", "DenseAE", "MLP", "TiedAE", "count_params", "theano_sigmoid_uniform"]

@@ -1,0 +1,102 @@
+"""What the contractive penalty costs: train-step time for each way of computing it, and where forward
+mode stops beating reverse mode.
+
+  python -m experiments.bench_penalty [--nets=tied,deep,conv] [--batches=10,128] [--crossover]
+
+Prints Markdown tables: compile time apart, then the median of repeated steps (block_until_ready),
+float32, with the device named. A step is one Adam update of squared error + 0.1 * penalty.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from jaxae import models, objective, train
+
+flags.DEFINE_list("nets", ["tied", "deep", "conv"], "Encoders to time: tied (S5), deep (S6), conv (S4).")
+flags.DEFINE_list("batches", ["10", "128"], "Batch sizes.")
+flags.DEFINE_list("conv_batches", ["10"], "Batch sizes for the conv net (its jacfwd step is heavy on a CPU).")
+flags.DEFINE_bool("crossover", True, "Also time jacfwd against jacrev for one sigmoid layer of growing width.")
+flags.DEFINE_float("seconds", 2.0, "Time budget per measurement (repeats = budget / first step, 3 to 50).")
+FLAGS = flags.FLAGS
+
+NETS = {
+    "tied": ("784-500 tied sigmoid (S5)", lambda: models.TiedAE(input_dim=784, features=(500,))),
+    "deep": ("784-256-256-64-32 tied tanh (S6)",
+             lambda: models.TiedAE(input_dim=784, features=(256, 256, 64, 32), activation="tanh",
+                                   output_activation="linear")),
+    "conv": ("conv, 7x7x1 code (S4)", models.ConvAE),
+}
+
+
+def modes(one_layer: bool):
+  """(label, loss weights, loss options) for each way of computing the penalty."""
+  c = lambda **o: ({"squared_error": 1.0, "contractive": 0.1}, {"contractive": o})
+  rows = [("no penalty", {"squared_error": 1.0}, {})]
+  if one_layer:
+    rows.append(("closed form", *c(mode="closed_form")))
+  rows += [("jacfwd", *c(mode="jacfwd")), ("jacrev", *c(mode="jacrev")), ("auto", *c(mode="auto"))]
+  rows += [(f"projections k={k}", *c(mode="projections", num_projections=k)) for k in (1, 4, 16)]
+  rows.append(("CAE+H (auto, 4 copies)", {"squared_error": 1.0, "contractive": 0.1, "contractive_h": 0.1},
+               {"contractive": {"mode": "auto"}, "contractive_h": {"mode": "auto", "num_copies": 4, "sigma": 0.1}}))
+  return rows
+
+
+def time_step(model, weights, options, batch: int) -> tuple[float, float]:
+  """(compile seconds, median seconds per step) of a jitted train step."""
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (batch, 784))
+  state = train.create_state(key, model, train.make_optimizer("adam", learning_rate=1e-3), x[0])
+  step = jax.jit(train.make_train_step(model, objective.from_weights(weights, options)))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, x, key).compile()
+  compile_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  state, _ = jax.block_until_ready(compiled(state, x, key))
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(int(np.clip(FLAGS.seconds / max(first, 1e-6), 3, 50))):
+    t0 = time.perf_counter()
+    state, _ = jax.block_until_ready(compiled(state, x, key))
+    times.append(time.perf_counter() - t0)
+  return compile_s, float(np.median(times))
+
+
+def penalty_table():
+  print("| encoder | batch | penalty | compile s | ms / step | x plain step |")
+  print("|---|---|---|---|---|---|")
+  for name in FLAGS.nets:
+    label, make = NETS[name]
+    batches = FLAGS.conv_batches if name == "conv" else FLAGS.batches
+    for batch in map(int, batches):
+      base = None
+      for mode, weights, options in modes(one_layer=name == "tied"):
+        compile_s, step_s = time_step(make(), weights, options, batch)
+        base = base or step_s
+        print(f"| {label} | {batch} | {mode} | {compile_s:.2f} | {1e3 * step_s:.2f} | {step_s / base:.1f} |",
+              flush=True)
+
+
+def crossover_table():
+  print("\n| one sigmoid layer 784-K, batch 32 | jacfwd ms / step | jacrev ms / step | faster |")
+  print("|---|---|---|---|")
+  for k in (8, 16, 32, 64, 128, 256, 512, 784, 1024):
+    model = models.TiedAE(input_dim=784, features=(k,))
+    t = {m: time_step(model, {"squared_error": 1.0, "contractive": 0.1}, {"contractive": {"mode": m}}, 32)[1]
+         for m in ("jacfwd", "jacrev")}
+    print(f"| K = {k} | {1e3 * t['jacfwd']:.2f} | {1e3 * t['jacrev']:.2f} | {min(t, key=t.get)} |", flush=True)
+
+
+def main(argv):
+  del argv
+  print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}\n")
+  penalty_table()
+  if FLAGS.crossover:
+    crossover_table()
+
+
+if __name__ == "__main__":
+  app.run(main)
