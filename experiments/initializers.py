@@ -1,5 +1,6 @@
 """Initializers that experiments hand to models by name ("experiments.initializers:NAME")."""
 
+import jax
 import numpy as np
 
 
@@ -9,3 +10,6 @@ def theano_rs123(key, shape, dtype=np.float64):
   del key
   bound = 4.0 * np.sqrt(6.0 / (shape[0] + shape[1]))
   return np.random.RandomState(123).uniform(low=-bound, high=bound, size=shape).astype(dtype)
+
+
+glorot_uniform = jax.nn.initializers.glorot_uniform()  # W ~ U(+-sqrt(6 / (fan_in + fan_out))), for tanh

@@ -82,7 +82,14 @@ def jacobian_mode(encode, example: jax.Array, mode: str = "auto", *, differentia
   return "jacrev" if (16 * k <= d if differentiated else k < d) else "jacfwd"
 
 
-def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd") -> jax.Array:
+def _per_example(fn, *xs, examples_per_pass: int = 0):
+  """fn over the leading axis: all at once (vmap), or `examples_per_pass` at a time to bound memory."""
+  if examples_per_pass and examples_per_pass < xs[0].shape[0]:
+    return jax.lax.map(lambda a: fn(*a), xs, batch_size=examples_per_pass)
+  return jax.vmap(fn)(*xs)
+
+
+def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd", examples_per_pass: int = 0) -> jax.Array:
   """Exact squared Frobenius norm of the encoder Jacobian, per example.
 
   Args:
@@ -91,6 +98,8 @@ def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd") -> jax.Array
     mode: "jacfwd" (forward mode, cost ~ D Jacobian-vector products), "jacrev" (reverse mode, ~ K
       vector-Jacobian products) or "auto" (the cheaper of the two in a training loss; see
       `jacobian_mode`).
+    examples_per_pass: 0 takes the whole batch at once (fastest); n > 0 takes n examples at a time,
+      for encoders whose Jacobians (D tangents of every activation) would not fit in memory at once.
 
   Returns:
     [B] ||dh/dx||_F^2 = sum_jk (dh_j / dx_k)^2.
@@ -100,7 +109,7 @@ def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd") -> jax.Array
     eq. (2).
   """
   jac = jax.jacfwd(encode) if jacobian_mode(encode, x[0], mode) == "jacfwd" else jax.jacrev(encode)
-  return jax.vmap(lambda xi: jnp.sum(jac(xi) ** 2))(x)
+  return _per_example(lambda xi: jnp.sum(jac(xi) ** 2), x, examples_per_pass=examples_per_pass)
 
 
 def sigmoid_jacobian_sq_norm(h: jax.Array, kernel: jax.Array) -> jax.Array:

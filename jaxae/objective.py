@@ -103,12 +103,13 @@ CONTRACTIVE_MODES = losses.JACOBIAN_MODES + ("closed_form", "projections")
 
 
 @register("contractive")
-def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int = 1) -> jax.Array:
+def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int = 1,
+                examples_per_pass: int = 0) -> jax.Array:
   """Batch mean of ||dh/dx||_F^2 at the encoder's input, h the code of one example.
 
   mode: "jacfwd" (exact, any encoder, the default), "jacrev", "auto" (the cheaper exact mode),
   "closed_form" (exact, one sigmoid layer only), "projections" (unbiased estimate from
-  `num_projections` random directions).
+  `num_projections` random directions). examples_per_pass > 0 bounds the memory of exact modes.
   """
   if mode not in CONTRACTIVE_MODES:
     raise UserError(f"Unknown contractive mode {mode!r}; known: {', '.join(CONTRACTIVE_MODES)}.")
@@ -117,7 +118,7 @@ def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int =
   if mode == "projections":
     return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
                                                       num_projections=num_projections))
-  return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode))
+  return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode, examples_per_pass=examples_per_pass))
 
 
 @register("contractive_h")

@@ -69,6 +69,18 @@ def test_deep_encoder_modes_agree_with_finite_differences(x64, key):
   np.testing.assert_allclose(fwd, _fd_sq_norm(encode, x), rtol=1e-6)
 
 
+def test_conv_encoder_modes_agree_with_finite_differences(x64, key):
+  model = models.ConvAE(image_shape=(8, 8, 1), param_dtype="float64")  # S4's stack on 8x8 images: 2x2 code
+  params = model.init(key, jnp.zeros(64, jnp.float64))["params"]
+  params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # non-zero biases, more units active
+  encode = train.bind_encode(model, params)
+  x = jax.random.uniform(jax.random.fold_in(key, 1), (3, 64), jnp.float64)
+  fwd = losses.jacobian_sq_norm(encode, x, mode="jacfwd")
+  np.testing.assert_allclose(losses.jacobian_sq_norm(encode, x, mode="jacrev", examples_per_pass=2), fwd, rtol=1e-12)
+  np.testing.assert_allclose(fwd, _fd_sq_norm(encode, x), rtol=1e-6)
+  assert np.all(np.asarray(fwd) > 0)
+
+
 def test_auto_mode_rule():
   code_of = lambda k: (lambda x: jnp.tanh(x[:k]))
   x = jnp.ones(64)
@@ -140,7 +152,7 @@ def test_contractive_term_errors(key):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)
   with pytest.raises(UserError, match="Unknown contractive mode 'exact'"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "exact"}})(inp)
-  with pytest.raises(UserError, match="has no option 'k'; its options: mode, num_projections"):
+  with pytest.raises(UserError, match="has no option 'k'; its options: mode, num_projections, examples_per_pass"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"k": 3}})
   with pytest.raises(ValueError, match="needs LossInputs.key"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "projections"}})(inp)

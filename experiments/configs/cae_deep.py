@@ -1,0 +1,33 @@
+"""The exact contractive penalty on a deep encoder: S6's stacked tied tanh net 784-256-256-64-32.
+
+Images minus the mean training image, sum of squared errors + 0.1 * ||dh/dx||_F^2 of the 32-d code
+(exact, jax.jacfwd through all four layers), Adam 1e-3, batch 20, 30 epochs (S6's settings).
+
+  python -m experiments.main --config experiments/configs/cae_deep.py --workdir runs/cae_deep
+
+Cost: see the README's contractive section (bench_penalty.py times its step).
+"""
+
+from experiments.configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  c.data.scaling = "centered"
+  c.model.name = "tied"
+  c.model.kwargs.input_dim = 784
+  c.model.kwargs.features = (256, 256, 64, 32)
+  c.model.kwargs.activation = "tanh"
+  c.model.kwargs.output_activation = "linear"
+  c.model.kwargs.kernel_init = "experiments.initializers:glorot_uniform"
+  c.loss = {"squared_error": 1.0, "contractive": 0.1}
+  c.loss_options = {"contractive": {"mode": "jacfwd"}}
+  c.batch_size = 20
+  c.epochs = 30
+  c.chunk_steps = 100
+  if arg == "smoke":
+    c.data.train_subset = 80
+    c.data.test_subset = 40
+    c.epochs = 1
+    c.chunk_steps = 2
+  return c

@@ -1,0 +1,36 @@
+"""Every experiment config builds and smoke-runs on tiny fake data (2 steps or so, seconds)."""
+
+import glob
+import importlib
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxae import metrics, train
+from tests.conftest import ROOT
+
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))
+                 if not os.path.basename(p).startswith(("_", "default")))
+
+
+@pytest.fixture
+def restore_x64():
+  before = jax.config.jax_enable_x64
+  yield
+  jax.config.update("jax_enable_x64", before)  # float64 configs switch it on for their process
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_smoke_runs(name, idx_dir, tmp_path, restore_x64):
+  config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+  config.data.source = "idx"
+  config.data.data_dir = idx_dir
+  config.data.train_subset = min(config.data.train_subset or 10**9, 2 * config.batch_size)
+  config.data.test_subset = min(config.data.test_subset or 10**9, 16)
+  config.epochs = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  (record,) = metrics.read_metrics(str(tmp_path))
+  assert all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)), record
+  assert set(config.loss) <= {k.split("/")[1] for k in record if k.startswith("test/")}
