@@ -1,7 +1,8 @@
 """What the contractive penalty costs: train-step time for each way of computing it, and where forward
 mode stops beating reverse mode.
 
-  python -m experiments.bench_penalty [--nets=tied,deep,conv] [--batches=10,128] [--crossover]
+  python -m experiments.bench_penalty [--nets=tied,deep,conv] [--batches=10,128] [--crossover] \
+      [--skip=conv:jacfwd]
 
 Prints Markdown tables: compile time apart, then the median of repeated steps (block_until_ready),
 float32, with the device named. A step is one Adam update of squared error + 0.1 * penalty.
@@ -12,13 +13,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxae import models, objective, train
 
 flags.DEFINE_list("nets", ["tied", "deep", "conv"], "Encoders to time: tied (S5), deep (S6), conv (S4).")
 flags.DEFINE_list("batches", ["10", "128"], "Batch sizes.")
-flags.DEFINE_list("conv_batches", ["10"], "Batch sizes for the conv net (its jacfwd step is heavy on a CPU).")
+flags.DEFINE_list("conv_batches", ["10"], "Batch sizes for the conv net (its exact steps are heavy on a CPU).")
+flags.DEFINE_list("skip", [], "NET:MODE pairs not to time, e.g. conv:jacfwd (784 tangents of every 28x28x128 "
+                  "activation: four steps took over 10 minutes on the 2-core CPU).")
 flags.DEFINE_bool("crossover", True, "Also time jacfwd against jacrev for one sigmoid layer of growing width.")
 flags.DEFINE_float("seconds", 2.0, "Time budget per measurement (repeats = budget / first step, 3 to 50).")
 FLAGS = flags.FLAGS
@@ -80,6 +83,9 @@ def penalty_table():
       base = None
       # The conv net's exact Jacobians hold D tangents of 28x28x128 activations: 2 examples at a time.
       for mode, weights, options in modes(one_layer=name == "tied", examples_per_pass=2 if name == "conv" else 0):
+        if f"{name}:{mode}" in FLAGS.skip:
+          print(f"| {label} | {batch} | {mode} | not timed (--skip) | | |", flush=True)
+          continue
         compile_s, step_s = time_step(make(), weights, options, batch)
         base = base or step_s
         print(f"| {label} | {batch} | {mode} | {compile_s:.2f} | {1e3 * step_s:.2f} | {step_s / base:.1f} |",
@@ -98,6 +104,7 @@ def crossover_table():
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}\n")
   penalty_table()
   if FLAGS.crossover:

@@ -12,7 +12,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from jaxae import analysis, figures, train
@@ -37,6 +37,7 @@ def analyse(workdir: str, points: int) -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   runs = dict(pair.split(":", 1) for pair in FLAGS.runs.split(","))
   results = {label: analyse(workdir, FLAGS.points) for label, workdir in tqdm(runs.items(), desc="runs")}
   out = FLAGS.out or os.path.join(list(runs.values())[-1], "figures")

@@ -9,7 +9,7 @@ true epoch means; this prints both.
 """
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxae import metrics
 
@@ -52,6 +52,7 @@ def wall_time(workdir: str) -> str:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   print(log_table(flags.FLAGS.workdir))
   print(f"\nfloat64: {wall_time(flags.FLAGS.workdir)}")
   if flags.FLAGS.float32_workdir:

@@ -9,7 +9,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from jaxae import figures, metrics, train
 
@@ -61,6 +61,7 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   for path in make_figures(flags.FLAGS.workdir, out_dir=flags.FLAGS.figures_dir):
     print(path)
   print("| run | epochs | test loss | test MSE per pixel | s/epoch | first epoch s (with compile) |")

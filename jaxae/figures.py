@@ -51,22 +51,29 @@ def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape=(
   return fig
 
 
-def loss_curves(records: Sequence[dict], *, keys: Sequence[str] = ("train/loss", "test/loss"),
-                title: str = "Loss"):
-  """Curves of the given metrics against the epoch, from metrics.jsonl records."""
-  fig, ax = plt.subplots(figsize=(6, 4))
-  epochs = [r["epoch"] for r in records]
-  for key in keys:
-    if all(key in r for r in records):
-      ax.plot(epochs, [r[key] for r in records], marker="o", ms=3, label=key)
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("loss")
-  ax.set_yscale("log")
+def curves(lines: dict[str, tuple[np.ndarray, np.ndarray]], *, xlabel: str, ylabel: str, title: str,
+           logx: bool = False, logy: bool = True, marker: str | None = "o"):
+  """Line plot, one (x, y) line per label, log y by default."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, (x, y) in lines.items():
+    ax.plot(x, y, marker=marker, ms=3, label=label)
+  ax.set_xscale("log" if logx else "linear")
+  ax.set_yscale("log" if logy else "linear")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   fig.tight_layout()
   return fig
+
+
+def loss_curves(records: Sequence[dict], *, keys: Sequence[str] = ("train/loss", "test/loss"),
+                title: str = "Loss"):
+  """Curves of the given metrics against the epoch, from metrics.jsonl records."""
+  epochs = np.array([r["epoch"] for r in records])
+  return curves({key: (epochs, np.array([r[key] for r in records])) for key in keys
+                 if all(key in r for r in records)}, xlabel="epoch", ylabel="loss", title=title)
 
 
 def filter_tiles(kernel: np.ndarray, *, rows: int = 10, cols: int = 10, shape=(28, 28), title: str = "Filters"):
@@ -83,33 +90,14 @@ def filter_tiles(kernel: np.ndarray, *, rows: int = 10, cols: int = 10, shape=(2
   return fig
 
 
-def spectra(curves: dict[str, np.ndarray], *, title: str = "Singular values of dh/dx, mean over test points"):
+def spectra(values: dict[str, np.ndarray], *, title: str = "Singular values of dh/dx, mean over test points"):
   """One line per model: mean singular values [K] of the encoder Jacobian, largest first (log scale)."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for label, values in curves.items():
-    ax.plot(np.arange(1, len(values) + 1), values, label=label)
-  ax.set_xlabel("index of the singular value")
-  ax.set_ylabel("singular value")
-  ax.set_yscale("log")
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  return fig
+  return curves({label: (np.arange(1, len(v) + 1), v) for label, v in values.items()},
+                xlabel="index of the singular value", ylabel="singular value", title=title, marker=None)
 
 
-def contraction_curves(radii: np.ndarray, curves: dict[str, np.ndarray], *,
+def contraction_curves(radii: np.ndarray, values: dict[str, np.ndarray], *,
                        title: str = "Contraction ratio ||h(x + r u) - h(x)|| / r"):
   """One line per model: mean contraction ratio against the input-space distance r (log-log)."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for label, values in curves.items():
-    ax.plot(radii, values, marker="o", ms=3, label=label)
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  ax.set_xlabel("distance r in input space")
-  ax.set_ylabel("contraction ratio")
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  return fig
+  return curves({label: (radii, v) for label, v in values.items()}, xlabel="distance r in input space",
+                ylabel="contraction ratio", title=title, logx=True)

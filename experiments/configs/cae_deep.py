@@ -1,7 +1,8 @@
 """The exact contractive penalty on a deep encoder: S6's stacked tied tanh net 784-256-256-64-32.
 
 Images minus the mean training image, sum of squared errors + 0.1 * ||dh/dx||_F^2 of the 32-d code
-(exact, jax.jacfwd through all four layers), Adam 1e-3, batch 20, 30 epochs (S6's settings).
+(exact through all four layers; "auto" takes jax.jacrev, 32 backward passes, about 20x cheaper than
+jacfwd here), Adam 1e-3, batch 20, 30 epochs (S6's settings).
 
   python -m experiments.main --config experiments/configs/cae_deep.py --workdir runs/cae_deep
 
@@ -21,7 +22,7 @@ def get_config(arg: str | None = None):
   c.model.kwargs.output_activation = "linear"
   c.model.kwargs.kernel_init = "experiments.initializers:glorot_uniform"
   c.loss = {"squared_error": 1.0, "contractive": 0.1}
-  c.loss_options = {"contractive": {"mode": "jacfwd"}}
+  c.loss_options = {"contractive": {"mode": "auto"}}  # jacrev here: K = 32 <= 784 / 16
   c.batch_size = 20
   c.epochs = 30
   c.chunk_steps = 100

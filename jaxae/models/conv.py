@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxae.models.dense import outputs
+
 
 def _upsample(x: jax.Array, factor: int = 2) -> jax.Array:
   """Nearest-neighbour upsampling of [N, H, W, C], as Keras' UpSampling2D."""
@@ -50,5 +52,4 @@ class ConvAE(nn.Module):
     """x: [..., 784] -> {"code": [..., 49], "recon", "logits": [..., 784]}."""
     del train
     code = self.encode(x)
-    logits = self._decode_pre(code)
-    return {"code": code, "recon": nn.sigmoid(logits), "logits": logits}
+    return outputs(code, self._decode_pre(code), "sigmoid")

@@ -80,11 +80,16 @@ class DenseAE(nn.Module):
     """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
     del train  # no dropout or batch statistics in this model
     code = self.encode(x)
-    pre = self.decoder(code)
-    out = {"code": code, "recon": activation_fn(self.output_activation)(pre)}
-    if self.output_activation == "sigmoid":
-      out["logits"] = pre
-    return out
+    return outputs(code, self.decoder(code), self.output_activation)
+
+
+def outputs(code: jax.Array, pre: jax.Array, output_activation: str) -> dict[str, jax.Array]:
+  """A model's output dict from its code and decoder pre-activation: "code", "recon" and, for a
+  sigmoid output, "logits" (what binary cross-entropy reads)."""
+  out = {"code": code, "recon": activation_fn(output_activation)(pre)}
+  if output_activation == "sigmoid":
+    out["logits"] = pre
+  return out
 
 
 def count_params(params) -> int:

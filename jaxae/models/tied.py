@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.models.dense import activation_fn
+from jaxae.models.dense import activation_fn, outputs
 
 # W ~ U(+-4 sqrt(6 / (fan_in + fan_out))), the sigmoid initialisation of the Theano tutorials
 # (Glorot uniform with 16 times the variance).
@@ -68,8 +68,4 @@ class TiedAE(nn.Module):
     """x: [..., D] -> {"code", "recon"[, "logits"]}."""
     del train
     code = self.encode(x)
-    pre = self._decode_pre(code)
-    out = {"code": code, "recon": activation_fn(self.output_activation)(pre)}
-    if self.output_activation == "sigmoid":
-      out["logits"] = pre
-    return out
+    return outputs(code, self._decode_pre(code), self.output_activation)
