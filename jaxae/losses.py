@@ -69,9 +69,10 @@ def jacobian_mode(encode, example: jax.Array, mode: str = "auto", *, differentia
   D is the size of one input, K of its code. For the Jacobian alone, forward mode costs ~D and reverse
   mode ~K passes, so auto takes jacrev when K < D. Inside a training loss the penalty is differentiated
   once more, and reverse-over-forward (jacfwd inside grad) is far cheaper than reverse-over-reverse:
-  measured on the 2-core CPU (experiments/bench_penalty.py, one sigmoid layer 784-K, batch 32, ms per
-  train step, jacfwd / jacrev): K=16: 3.4 / 1.3; K=32: 6.9 / 3.9; K=64: 11.3 / 12.2; K=128: 21.7 / 73.5;
-  K=512: 208 / 759. So with `differentiated` (the default) auto takes jacrev only when K <= D / 16.
+  measured on the 2-core CPU (`python -m experiments.bench_penalty --nets=`: one sigmoid layer 784-K,
+  batch 32, ms per Adam step, jacfwd / jacrev): K=16: 2.1 / 1.0; K=32: 3.1 / 2.1; K=64: 6.9 / 8.0;
+  K=128: 14.6 / 48.9; K=512: 119 / 422; K=1024: 255 / 1451. So with `differentiated` (the default)
+  auto takes jacrev only when K <= D / 16.
   """
   if mode not in JACOBIAN_MODES:
     raise ValueError(f"Unknown Jacobian mode {mode!r}; known: {', '.join(JACOBIAN_MODES)}.")

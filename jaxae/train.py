@@ -113,6 +113,19 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
   return evaluate
 
 
+def run_steps(chunk: Callable, state: TrainState, data_x: jax.Array, idx: jax.Array, step_key: jax.Array, *,
+              chunk_steps: int, bar: tqdm) -> tuple[TrainState, dict[str, np.ndarray]]:
+  """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
+  and its running loss advance per chunk. Returns the state and the per-step metrics [S] on the host."""
+  per_step = []
+  for i in range(0, idx.shape[0], chunk_steps):
+    state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
+    per_step.append(jax.device_get(m))
+    bar.update(len(per_step[-1]["loss"]))
+    bar.set_postfix(loss=f"{np.mean(np.concatenate([p['loss'] for p in per_step])):.4f}")
+  return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
+
+
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -211,20 +224,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         t0 = time.perf_counter()
         idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
         idx = idx[int(state.step) - epoch * steps_per_epoch:]
-        per_step = []
         with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
                   desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
-          for i in range(0, idx.shape[0], config.chunk_steps):
-            state, m = chunk(state, splits["train"].x, idx[i:i + config.chunk_steps], step_key)
-            per_step.append(jax.device_get(m))
-            bar.update(len(per_step[-1]["loss"]))
-            bar.set_postfix(loss=f"{np.mean([p['loss'].mean() for p in per_step]):.4f}")
-        train = mean_metrics({k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]})
+          state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
+                                   chunk_steps=config.chunk_steps, bar=bar)
+        train = mean_metrics(steps)
         epoch_s = time.perf_counter() - t0
-        first = per_step[0] if idx.shape[0] == steps_per_epoch else {}  # this epoch's first steps
+        n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
         record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
-                  **{f"train/step{i}/{k}": float(v[i]) for k, v in first.items()
-                     for i in range(min(config.log_first_steps, len(v)))},
+                  **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
                   **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
                   "time/epoch_s": epoch_s}
         writer.write(int(state.step), record)

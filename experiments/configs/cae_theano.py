@@ -10,7 +10,9 @@ printed its line (see experiments/cae_report.py).
   python -m experiments.main --config experiments/configs/cae_theano.py --workdir runs/s5 \
       --config.data.data_dir=PATH_TO_MNIST_IDX_FILES
 
-Cost and result: see the README's S5 section.
+Cost and result (README, S5): 20 epochs in 145 s on a 2-core CPU in float64 (6.5 s per epoch), 57 s in
+float32; the epoch-0 printed line is the published 589.571872577 / 20.9938791886 to every digit; final
+train cross-entropy 58.72 and ||J||_F^2 87.89 (epoch means), test cross-entropy 58.75.
 
 The same net trained the same way without the penalty, for Rifai's comparisons (experiments/cae_analysis.py):
 `cae_theano.py:ae` (no regulariser), `:ae_wd` (weight decay 1e-3 added to the gradient), `:dae` (Gaussian
