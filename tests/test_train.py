@@ -33,7 +33,7 @@ def test_scanned_chunk_equals_steps_one_by_one(key):
     losses.append(m["loss"])
   scanned, ms = train.make_train_chunk(step)(state, data_x, idx, step_key)
   assert int(scanned.step) == int(one_by_one.step) == 6
-  chex.assert_trees_all_close(scanned.params, one_by_one.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(scanned.params, one_by_one.params, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(ms["loss"], jnp.stack(losses), rtol=1e-5)
 
 
@@ -46,7 +46,8 @@ def test_step_traces_once_and_jitted_equals_unjitted(key):
     batch = data_x[16 * i:16 * (i + 1)]
     s_jit, m_jit = jitted(s_jit, batch, step_key)
     s_plain, m_plain = step(s_plain, batch, step_key)
-  chex.assert_trees_all_close(s_jit.params, s_plain.params, rtol=1e-5, atol=1e-6)
+  # Adam divides by sqrt(v): float32 rounding of near-zero gradients shows up as ~1e-6 in the params.
+  chex.assert_trees_all_close(s_jit.params, s_plain.params, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(m_jit, m_plain, rtol=1e-5)
 
 
