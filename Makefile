@@ -5,6 +5,15 @@ PY := $(VENV)/bin/python
 CONFIG ?= experiments/configs/undercomplete.py
 WORKDIR ?= runs/s1
 
+# Offline copies of MNIST beside the checkout (this project's shared/ folder), used when present and
+# nothing else is set; elsewhere TFDS downloads MNIST on first use.
+ifneq ($(wildcard ../shared/data/tfds),)
+export TFDS_DATA_DIR ?= $(abspath ../shared/data/tfds)
+endif
+ifneq ($(wildcard ../shared/data/mnist),)
+export JAXAE_IDX_DIR ?= $(abspath ../shared/data/mnist)
+endif
+
 .PHONY: install test run clean
 
 install: $(VENV)/.installed
