@@ -152,7 +152,8 @@ def from_weights(weights: Mapping[str, float], options: Mapping[str, Mapping[str
     raise UserError(f"Unknown loss term(s) {', '.join(map(repr, unknown))}; known terms: "
                     f"{', '.join(sorted(TERMS))}. Register your own with @jaxae.objective.register.")
   if not weights:
-    raise UserError("The config's loss is empty; give at least one term, e.g. --config.loss='{\"mse\": 1.0}'.")
+    raise UserError("The config's loss is empty; give at least one term in the config file, e.g. "
+                    "c.loss = {\"mse\": 1.0}.")
   stray = [name for name in options if name not in weights]
   if stray:
     raise UserError(f"loss_options given for {', '.join(map(repr, stray))}, which the loss does not use; "
