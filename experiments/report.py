@@ -47,8 +47,7 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
   lo, hi = (-1.0, 1.0) if config.data.scaling == "symmetric" else (0.0, 1.0)
   save(figures.image_rows([x, recon], row_titles=["input", "recon"], value_range=(lo, hi)),
        "reconstructions.png")
-  codes = np.asarray(jax.device_get(jax.lax.map(apply, test.x.reshape(-1, 1, test.x.shape[-1]))["code"]))
-  codes = codes.reshape(test.x.shape[0], -1)
+  codes = np.asarray(jax.lax.map(apply, test.x, batch_size=500)["code"]).reshape(test.x.shape[0], -1)
   kernel = params.get("kernel_0")
   if kernel is not None and kernel.shape[0] == 784:
     save(figures.filter_tiles(np.asarray(kernel), title=f"First 100 of {kernel.shape[1]} filters (columns of W)"),

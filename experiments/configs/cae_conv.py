@@ -20,9 +20,5 @@ def get_config(arg: str | None = None):
   c.epochs = 10
   c.chunk_steps = 20
   if arg == "smoke":
-    c.data.train_subset = 4
-    c.data.test_subset = 2
-    c.batch_size = 2
-    c.epochs = 1
-    c.chunk_steps = 2
+    default.shrink(c, train_subset=4, test_subset=2, batch_size=2, epochs=1, chunk_steps=2)
   return c

@@ -27,8 +27,5 @@ def get_config(arg: str | None = None):
   c.epochs = 30
   c.chunk_steps = 100
   if arg == "smoke":
-    c.data.train_subset = 80
-    c.data.test_subset = 40
-    c.epochs = 1
-    c.chunk_steps = 2
+    default.shrink(c, train_subset=80, test_subset=40, epochs=1, chunk_steps=2)
   return c

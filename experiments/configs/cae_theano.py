@@ -58,8 +58,5 @@ def get_config(arg: str | None = None):
     c.corruption.name = "gaussian"
     c.corruption.options = {"std": 0.3}
   if size == "smoke":
-    c.data.train_subset = 200
-    c.data.test_subset = 100
-    c.epochs = 2
-    c.chunk_steps = 10
+    default.shrink(c, train_subset=200, test_subset=100, epochs=2, chunk_steps=10)
   return c

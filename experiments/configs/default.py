@@ -3,6 +3,15 @@
 import ml_collections
 
 
+def shrink(c: ml_collections.ConfigDict, *, train_subset: int, test_subset: int, epochs: int,
+           chunk_steps: int, batch_size: int | None = None) -> ml_collections.ConfigDict:
+  """The ":smoke" variant of a config: a few images and epochs, for tests and a quick look."""
+  c.data.train_subset, c.data.test_subset = train_subset, test_subset
+  c.epochs, c.chunk_steps = epochs, chunk_steps
+  c.batch_size = batch_size or c.batch_size
+  return c
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # root key: split once into init, data order and step keys

@@ -28,9 +28,5 @@ def get_config(arg: str | None = None):
   c.batch_size = 128
   c.epochs = 50
   if arg == "smoke":
-    c.data.train_subset = 512
-    c.data.test_subset = 256
-    c.batch_size = 64
-    c.epochs = 2
-    c.chunk_steps = 4
+    default.shrink(c, train_subset=512, test_subset=256, batch_size=64, epochs=2, chunk_steps=4)
   return c
