@@ -6,6 +6,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -26,10 +27,14 @@ def save(manager: ocp.CheckpointManager, state) -> None:
 
 
 def restore_latest(manager: ocp.CheckpointManager, state):
-  """The latest checkpoint restored into the structure, shapes and shardings of `state`, or `state`
-  itself when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state
+  """The latest readable checkpoint restored into the structure, shapes and shardings of `state`, or
+  `state` itself when there is none. A damaged checkpoint (a truncated or missing file) is skipped with
+  a warning that names its step, and the one before it is tried."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many types)
+      logging.warning("Checkpoint at step %d in %s is damaged (%s: %s); falling back to the previous one.",
+                      step, manager.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+  return state

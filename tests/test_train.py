@@ -123,3 +123,23 @@ def test_checkpoints_keep_the_last_k(make_config, tmp_path):
 def test_bad_config_values(make_config, tmp_path, field, value, message):
   with pytest.raises(UserError, match=message):
     train.train_and_evaluate(make_config(**{field: value}), str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(make_config, tmp_path, caplog, damage):
+  config = make_config(epochs=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  latest = tmp_path / "checkpoints" / "24"
+  biggest = max((p for p in latest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)  # array data
+  if damage == "truncate":
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+  else:
+    biggest.unlink()
+  model, _, tx = train.build_from_config(config)
+  state = train.create_state(jax.random.PRNGKey(0), model, tx, jnp.zeros(784))
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
+  with caplog.at_level("WARNING"):
+    restored = checkpoint.restore_latest(manager, state)
+  manager.close()
+  assert int(restored.step) == 16
+  assert any("step 24" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records), caplog.text
