@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -114,16 +116,52 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
 
 
 def run_steps(chunk: Callable, state: TrainState, data_x: jax.Array, idx: jax.Array, step_key: jax.Array, *,
-              chunk_steps: int, bar: tqdm) -> tuple[TrainState, dict[str, np.ndarray]]:
+              chunk_steps: int, bar: tqdm, stop: Callable[[], bool] = lambda: False
+              ) -> tuple[TrainState, dict[str, np.ndarray]]:
   """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
-  and its running loss advance per chunk. Returns the state and the per-step metrics [S] on the host."""
+  and its running loss advance per chunk. Returns the state and the per-step metrics on the host,
+  [S] or fewer when `stop()` turned true after a chunk."""
   per_step = []
   for i in range(0, idx.shape[0], chunk_steps):
+    if per_step and stop():
+      break
     state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
     per_step.append(jax.device_get(m))
     bar.update(len(per_step[-1]["loss"]))
     bar.set_postfix(loss=f"{np.mean(np.concatenate([p['loss'] for p in per_step])):.4f}")
   return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
+
+
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+  """Inside: SIGTERM (preemption) sets the returned flag instead of killing the process."""
+  requested = {"stop": False}
+  def handler(signum, frame):
+    del signum, frame
+    requested["stop"] = True
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread: leave signals alone
+    yield requested
+    return
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _say_stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> None:
+  step = int(state.step)
+  print(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint saved "
+        f"in {workdir}. Run the same command to resume.")
+
+
+def _check_params_finite(params, *, epoch: int) -> None:
+  if not bool(jax.tree_util.tree_reduce(lambda a, p: a & jnp.all(jnp.isfinite(p)), params, jnp.array(True))):
+    bad = [jax.tree_util.keystr(k) for k, p in jax.tree_util.tree_leaves_with_path(params)
+           if not bool(jnp.all(jnp.isfinite(p)))]
+    raise FloatingPointError(f"Training diverged in epoch {epoch}: parameters {', '.join(bad)} not finite. "
+                             "Lower the learning rate or the loss weights; the last good checkpoint is kept.")
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -219,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
                        key=eval_key)
   try:
-    with MetricWriter(workdir) as writer:
+    with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
       for epoch in range(start // steps_per_epoch, config.epochs):
         t0 = time.perf_counter()
         idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
@@ -227,7 +265,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
                   desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
           state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
-                                   chunk_steps=config.chunk_steps, bar=bar)
+                                   chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
+        if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
+          _check_params_finite(state.params, epoch=epoch + 1)
+          checkpoint.save(manager, state)
+          _say_stopped(state, steps_per_epoch, workdir)
+          break
         train = mean_metrics(steps)
         epoch_s = time.perf_counter() - t0
         n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
@@ -237,11 +280,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                   "time/epoch_s": epoch_s}
         writer.write(int(state.step), record)
         check_finite(record, epoch=epoch + 1)
-        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs:
+        _check_params_finite(state.params, epoch=epoch + 1)
+        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
           checkpoint.save(manager, state)
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "
                    f"test loss {record['test/loss']:.5f}  test mse {record['test/mse']:.6f}  "
                    f"{epoch_s:.1f}s")
+        if sigterm["stop"]:
+          _say_stopped(state, steps_per_epoch, workdir)
+          break
   finally:
     manager.wait_until_finished()
     manager.close()

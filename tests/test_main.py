@@ -2,9 +2,13 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 
+import chex
+import jax
 import pytest
 
 from tests.conftest import ROOT
@@ -88,3 +92,44 @@ def test_batch_larger_than_the_data(idx_dir, tmp_path):
 def test_wrong_type_and_unknown_model(idx_dir, tmp_path, flag, needle):
   result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir), flag)
   _assert_one_clear_error(result, needle)
+
+
+def _final_params(workdir):
+  from jaxae import train  # pylint: disable=g-import-not-at-top
+  return jax.device_get(train.restore_trained(workdir)[2])
+
+
+def test_sigterm_saves_and_the_resumed_run_ends_bitwise_equal(idx_dir, tmp_path):
+  flags = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=30", "--config.chunk_steps=1"]
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  stopped = str(tmp_path / "stopped")
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.main", *flags, "--workdir", stopped], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  lines = []
+  for line in proc.stdout:  # wait for the first finished epoch, then preempt
+    lines.append(line)
+    if line.startswith("epoch 1/30"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  lines += proc.stdout.readlines()
+  assert proc.wait(timeout=300) == 0, "".join(lines)
+  said = [line for line in lines if line.startswith("Stopped by SIGTERM at step")]
+  assert said, "".join(lines)
+  step = int(said[0].split()[5])
+  assert 8 <= step < 240  # stopped early, after the first epoch
+  resumed = run_main(*flags, "--workdir", stopped)
+  assert resumed.returncode == 0 and f"Resuming from step {step}" in resumed.stdout, resumed.stdout[-2000:]
+  straight = run_main(*flags, "--workdir", str(tmp_path / "straight"))
+  assert straight.returncode == 0
+  chex.assert_trees_all_equal(_final_params(stopped), _final_params(str(tmp_path / "straight")))
+
+
+def test_divergence_stops_with_the_epoch_and_the_terms(idx_dir, tmp_path):
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir), "--config.epochs=5",
+                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e3",
+                    "--config.model.kwargs.output_activation=linear")
+  assert result.returncode == 1, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert re.search(r"Training diverged in epoch \d: .*train/loss.*not finite", errors[0]), errors[0]
+  assert "the last good checkpoint is kept" in errors[0]

@@ -143,3 +143,17 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(make_config, tmp_p
   manager.close()
   assert int(restored.step) == 16
   assert any("step 24" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_divergence_keeps_the_last_good_checkpoint(make_config, tmp_path):
+  config = make_config(epochs=2)
+  config.model.kwargs.output_activation = "linear"
+  train.train_and_evaluate(config, str(tmp_path))
+  config.epochs = 5
+  config.optimizer.learning_rate = 1e8  # Adam steps of ~1e8: the outputs overflow float32 in epoch 3
+  with pytest.raises(FloatingPointError, match=r"Training diverged in epoch 3: train/loss, train/mse"):
+    train.train_and_evaluate(config, str(tmp_path))
+  manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
+  assert list(manager.all_steps()) == [8, 16]  # nothing saved after the last good epoch
+  manager.close()
+  chex.assert_tree_all_finite(train.restore_trained(str(tmp_path))[2])
