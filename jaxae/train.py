@@ -164,6 +164,36 @@ def _check_params_finite(params, *, epoch: int) -> None:
                              "Lower the learning rate or the loss weights; the last good checkpoint is kept.")
 
 
+# Fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
+                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _refuse_changed_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """A workdir with checkpoints resumes only the config it was started with (but its length and logging)."""
+  path = os.path.join(workdir, "config.json")
+  if config.allow_config_change or not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  with open(path, encoding="utf-8") as f:
+    old = _flatten(json.load(f))
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+  if changed:
+    raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
+                    "or pass --config.allow_config_change=True to resume it with the new values.")
+
+
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -227,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   _validate(config)
   set_dtype(config)
   _prepare_workdir(workdir)
+  _refuse_changed_config(config, workdir)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
 

@@ -151,9 +151,22 @@ def test_divergence_keeps_the_last_good_checkpoint(make_config, tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   config.epochs = 5
   config.optimizer.learning_rate = 1e8  # Adam steps of ~1e8: the outputs overflow float32 in epoch 3
+  config.allow_config_change = True
   with pytest.raises(FloatingPointError, match=r"Training diverged in epoch 3: train/loss, train/mse"):
     train.train_and_evaluate(config, str(tmp_path))
   manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
   assert list(manager.all_steps()) == [8, 16]  # nothing saved after the last good epoch
   manager.close()
   chex.assert_tree_all_finite(train.restore_trained(str(tmp_path))[2])
+
+
+def test_resuming_with_another_config_is_refused_unless_allowed(make_config, tmp_path):
+  train.train_and_evaluate(make_config(epochs=1), str(tmp_path))
+  changed = make_config(epochs=2, batch_size=32)
+  changed.optimizer.learning_rate = 3e-4
+  with pytest.raises(UserError, match=r"holds a run of another config \(batch_size: 64 -> 32; "
+                                      r"optimizer.learning_rate: 0.001 -> 0.0003\).*allow_config_change=True"):
+    train.train_and_evaluate(changed, str(tmp_path))
+  changed.allow_config_change = True
+  state = train.train_and_evaluate(changed, str(tmp_path))  # 8 steps of 64 done, then on to 2 x 16 of 32
+  assert int(state.step) == 32

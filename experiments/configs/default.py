@@ -48,5 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 3
+  c.allow_config_change = False   # resume a workdir whose config.json differs (beyond epochs and logging)
   c.log_first_steps = 0           # also log the metrics of each epoch's first N steps (train/stepI/...)
   return c
