@@ -181,8 +181,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def _refuse_changed_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """A workdir with checkpoints resumes only the config it was started with (but its length and logging)."""
-  path = os.path.join(workdir, "config.json")
-  if config.allow_config_change or not os.path.exists(path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
+  has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
+  if config.allow_config_change or not os.path.exists(path) or not has_checkpoint:
     return
   with open(path, encoding="utf-8") as f:
     old = _flatten(json.load(f))
