@@ -270,7 +270,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     "keeps all).")
   model, loss_fn, tx = build_from_config(config)
   init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-  state = create_state(init_key, model, tx, splits["train"].x[0])
+  try:
+    state = create_state(init_key, model, tx, splits["train"].x[0])
+  except (ValueError, TypeError) as e:  # widths < 1, or a model built for another input size
+    raise UserError(f"Model {config.model.name!r} cannot take this data (one example has shape "
+                    f"{tuple(splits['train'].x.shape[1:])}): {' '.join(str(e).split())[:300]}. "
+                    "Fix config.model.kwargs.") from e
+  recon = jax.eval_shape(lambda p, x: model.apply({"params": p}, x)["recon"], state.params, splits["train"].x[:2])
+  if recon.shape != splits["train"].x[:2].shape:
+    raise UserError(f"Model {config.model.name!r} reconstructs examples of shape {tuple(recon.shape[1:])}, "
+                    f"the data has {tuple(splits['train'].x.shape[1:])}. Fix config.model.kwargs "
+                    "(the decoder's last width must be the input size).")
 
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)

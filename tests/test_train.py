@@ -170,3 +170,14 @@ def test_resuming_with_another_config_is_refused_unless_allowed(make_config, tmp
   changed.allow_config_change = True
   state = train.train_and_evaluate(changed, str(tmp_path))  # 8 steps of 64 done, then on to 2 x 16 of 32
   assert int(state.step) == 32
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"encoder_features": (32, 0)}, "encoder_features must be positive widths"),
+    ({"decoder_features": (32, 100)}, r"reconstructs examples of shape \(100,\), the data has \(784,\)"),
+])
+def test_model_that_cannot_take_the_data(make_config, tmp_path, kwargs, message):
+  config = make_config()
+  config.model.kwargs.update(kwargs)
+  with pytest.raises(UserError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
