@@ -11,7 +11,6 @@ float32, with the device named. A step is one Adam update of squared error + 0.1
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 

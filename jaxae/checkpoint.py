@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from jaxae.errors import UserError
+
+# Config fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
+RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
+                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download")
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -38,3 +45,30 @@ def restore_latest(manager: ocp.CheckpointManager, state):
       logging.warning("Checkpoint at step %d in %s is damaged (%s: %s); falling back to the previous one.",
                       step, manager.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
   return state
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> None:
+  """Raises UserError when `workdir` holds checkpoints of a run whose config.json differs from
+  `config_json` in a field outside RESUMABLE_CHANGES (unless `allow`); the message lists old -> new."""
+  path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
+  has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
+  if allow or not os.path.exists(path) or not has_checkpoint:
+    return
+  with open(path, encoding="utf-8") as f:
+    old = _flatten(json.load(f))
+  new = _flatten(json.loads(config_json))
+  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+  if changed:
+    raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
+                    "or pass --config.allow_config_change=True to resume it with the new values.")

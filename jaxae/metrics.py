@@ -7,6 +7,8 @@ import math
 import os
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
@@ -18,12 +20,25 @@ def mean_metrics(stacked: Mapping[str, np.ndarray]) -> dict[str, float]:
   return {name: float(np.mean(values)) for name, values in stacked.items()}
 
 
+def _diverged(epoch: int, what: str) -> FloatingPointError:
+  return FloatingPointError(f"Training diverged in epoch {epoch}: {what} not finite. "
+                            "Lower the learning rate or the loss weights; the last good checkpoint is kept.")
+
+
 def check_finite(record: Mapping[str, float], *, epoch: int) -> None:
   """Raises FloatingPointError naming the epoch and the metrics that are NaN or Inf."""
   bad = [name for name, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
   if bad:
-    raise FloatingPointError(f"Training diverged in epoch {epoch}: {', '.join(bad)} not finite. "
-                             "Lower the learning rate or the loss weights; the last good checkpoint is kept.")
+    raise _diverged(epoch, ", ".join(bad))
+
+
+def check_params_finite(params, *, epoch: int) -> None:
+  """Raises FloatingPointError naming the epoch and the parameters that hold NaN or Inf (one device
+  reduction when all is well)."""
+  if not bool(jax.tree_util.tree_reduce(lambda a, p: a & jnp.all(jnp.isfinite(p)), params, jnp.array(True))):
+    bad = [jax.tree_util.keystr(k) for k, p in jax.tree_util.tree_leaves_with_path(params)
+           if not bool(jnp.all(jnp.isfinite(p)))]
+    raise _diverged(epoch, "parameters " + ", ".join(bad))
 
 
 class MetricWriter:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from jaxae import checkpoint, corruption, data, models, objective
 from jaxae.errors import UserError
-from jaxae.metrics import MetricWriter, check_finite, mean_metrics
+from jaxae.metrics import MetricWriter, check_finite, check_params_finite, mean_metrics
 
 TrainState = train_state.TrainState
 OPTIMIZERS = ("adam", "sgd")
@@ -121,14 +121,15 @@ def run_steps(chunk: Callable, state: TrainState, data_x: jax.Array, idx: jax.Ar
   """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
   and its running loss advance per chunk. Returns the state and the per-step metrics on the host,
   [S] or fewer when `stop()` turned true after a chunk."""
-  per_step = []
+  per_step, loss_sum, taken = [], 0.0, 0
   for i in range(0, idx.shape[0], chunk_steps):
     if per_step and stop():
       break
     state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
     per_step.append(jax.device_get(m))
+    loss_sum, taken = loss_sum + float(np.sum(per_step[-1]["loss"])), taken + len(per_step[-1]["loss"])
     bar.update(len(per_step[-1]["loss"]))
-    bar.set_postfix(loss=f"{np.mean(np.concatenate([p['loss'] for p in per_step])):.4f}")
+    bar.set_postfix(loss=f"{loss_sum / taken:.4f}")
   return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
 
 
@@ -154,45 +155,6 @@ def _say_stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> None:
   step = int(state.step)
   print(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint saved "
         f"in {workdir}. Run the same command to resume.")
-
-
-def _check_params_finite(params, *, epoch: int) -> None:
-  if not bool(jax.tree_util.tree_reduce(lambda a, p: a & jnp.all(jnp.isfinite(p)), params, jnp.array(True))):
-    bad = [jax.tree_util.keystr(k) for k, p in jax.tree_util.tree_leaves_with_path(params)
-           if not bool(jnp.all(jnp.isfinite(p)))]
-    raise FloatingPointError(f"Training diverged in epoch {epoch}: parameters {', '.join(bad)} not finite. "
-                             "Lower the learning rate or the loss weights; the last good checkpoint is kept.")
-
-
-# Fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
-RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
-                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def _refuse_changed_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """A workdir with checkpoints resumes only the config it was started with (but its length and logging)."""
-  path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
-  has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
-  if config.allow_config_change or not os.path.exists(path) or not has_checkpoint:
-    return
-  with open(path, encoding="utf-8") as f:
-    old = _flatten(json.load(f))
-  new = _flatten(json.loads(config.to_json_best_effort()))
-  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
-  if changed:
-    raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
-                    "or pass --config.allow_config_change=True to resume it with the new values.")
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -258,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   _validate(config)
   set_dtype(config)
   _prepare_workdir(workdir)
-  _refuse_changed_config(config, workdir)
+  checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
 
@@ -309,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
                                    chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
         if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
-          _check_params_finite(state.params, epoch=epoch + 1)
+          check_params_finite(state.params, epoch=epoch + 1)
           checkpoint.save(manager, state)
           _say_stopped(state, steps_per_epoch, workdir)
           break
@@ -322,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                   "time/epoch_s": epoch_s}
         writer.write(int(state.step), record)
         check_finite(record, epoch=epoch + 1)
-        _check_params_finite(state.params, epoch=epoch + 1)
+        check_params_finite(state.params, epoch=epoch + 1)
         if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
           checkpoint.save(manager, state)
         tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "

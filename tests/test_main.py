@@ -23,7 +23,7 @@ def run_main(*args, env=None):
 
 
 def idx_flags(idx_dir):
-  return [f"--config.data.source=idx", f"--config.data.data_dir={idx_dir}"]
+  return ["--config.data.source=idx", f"--config.data.data_dir={idx_dir}"]
 
 
 def test_end_to_end_tiny_run_and_resume(idx_dir, tmp_path):

@@ -6,7 +6,7 @@ LeakyReLU(0.1), sigmoid output. Adam (lr 1e-3), per-pixel MSE (PyTorch's MSELoss
   python -m experiments.main --config experiments/configs/undercomplete.py --workdir runs/s1
 
 Cost and result (the README's results table): 50 epochs, 0.76 s per epoch on a 2-core CPU (first epoch
-3.5 s with compilation), 65 s for the whole command; test MSE per pixel 0.0305 (0.0319 after 20 epochs).
+3.5 s with compilation), 65 to 83 s for the whole command; test MSE per pixel 0.0305 (0.0319 after 20 epochs).
 `--config experiments/configs/undercomplete.py:smoke` runs 512 images for 2 epochs.
 """
 
