@@ -70,3 +70,49 @@ def contraction_ratios(key: jax.Array, encode: Callable, x: jax.Array, radii: Se
     return jnp.mean(jnp.linalg.norm((moved - h0[None]).reshape(num_directions, x.shape[0], -1), axis=-1)) / r
 
   return jnp.stack([ratio(jax.random.fold_in(key, i), r) for i, r in enumerate(radii)])
+
+
+def vae_log_weights(key: jax.Array, posterior: Callable, decoder_logits: Callable, x: jax.Array, *,
+                    num_samples: int) -> jax.Array:
+  """log p(x | z_s) + log p(z_s) - log q(z_s | x) for z_s ~ q(z | x), a Bernoulli decoder.
+
+  Args:
+    key: PRNG key for the samples.
+    posterior: x [B, D] -> (mu, logvar) [B, L] of q(z | x).
+    decoder_logits: z [..., L] -> Bernoulli logits [..., D].
+    x: [B, D] in [0, 1].
+    num_samples: S.
+
+  Returns:
+    [S, B] log importance weights; their mean over S is the ELBO, their log-mean-exp the IWAE bound.
+  """
+  mu, logvar = posterior(x)
+  eps = jax.random.normal(key, (num_samples,) + mu.shape, mu.dtype)
+  z = mu + jnp.exp(0.5 * logvar) * eps
+  log_px = -losses.bce_with_logits(decoder_logits(z), x[None])
+  log_2pi = jnp.log(2.0 * jnp.pi)
+  log_pz = -0.5 * jnp.sum(z ** 2 + log_2pi, axis=-1)
+  log_qz = -0.5 * jnp.sum(eps ** 2 + logvar + log_2pi, axis=-1)
+  return log_px + log_pz - log_qz
+
+
+def iwae_bound(key: jax.Array, posterior: Callable, decoder_logits: Callable, x: jax.Array, *,
+               num_samples: int, samples_per_pass: int = 500) -> jax.Array:
+  """Importance-weighted lower bound on log p(x) with k = num_samples (Burda et al., 2016, eq. 8):
+  log (1/k) sum_k p(x, z_k) / q(z_k | x). It is >= the ELBO and rises with k towards log p(x).
+
+  Samples are drawn `samples_per_pass` at a time (memory S * B * D) and combined by a running
+  log-sum-exp, so k = 5000 fits in memory.
+
+  Returns:
+    [B] the bound per example, in nats.
+  """
+  passes = -(-num_samples // samples_per_pass)
+
+  def body(acc, i):
+    lw = vae_log_weights(jax.random.fold_in(key, i), posterior, decoder_logits, x, num_samples=samples_per_pass)
+    keep = jnp.arange(samples_per_pass) < num_samples - i * samples_per_pass  # the last pass may be partial
+    return jnp.logaddexp(acc, jax.nn.logsumexp(jnp.where(keep[:, None], lw, -jnp.inf), axis=0)), None
+
+  total, _ = jax.lax.scan(body, jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.arange(passes))
+  return total - jnp.log(num_samples)

@@ -60,6 +60,60 @@ def mean_bce_with_logits(logits: jax.Array, x: jax.Array) -> jax.Array:
 
 # Contractive penalties: ||dh/dx||_F^2 of the code h = encode(x) of ONE example, vmapped over the batch.
 # `encode` maps one example (any shape) to its code (any shape); Jacobians are taken of that map.
+def l1_activity(h: jax.Array) -> jax.Array:
+  """L1 activity penalty of the code (SEEDS S2's Omega(h) = sum_i |h_i|; Keras' activity_regularizer).
+
+  Args:
+    h: [B, K] code activations.
+
+  Returns:
+    [B] sum_k |h_k|.
+  """
+  return jnp.sum(jnp.abs(h), axis=-1)
+
+
+def kl_sparsity(h: jax.Array, *, rho: float, eps: float = 1e-6) -> jax.Array:
+  """KL sparsity penalty of a batch of sigmoid codes (Ng, CS294A notes, "Sparse autoencoder", sec. 2.3).
+
+  rho_hat_j is unit j's mean activation over the batch, clipped to [eps, 1 - eps] so that a unit stuck
+  at 0 or 1 gives a large finite value, not inf.
+
+  Args:
+    h: [B, K] code activations in [0, 1] (sigmoid units).
+    rho: target mean activation, in (0, 1) (Ng uses 0.05).
+
+  Returns:
+    scalar sum_j rho log(rho / rho_hat_j) + (1 - rho) log((1 - rho) / (1 - rho_hat_j)).
+  """
+  rho_hat = jnp.clip(jnp.mean(h, axis=0), eps, 1.0 - eps)
+  return jnp.sum(rho * jnp.log(rho / rho_hat) + (1.0 - rho) * jnp.log((1.0 - rho) / (1.0 - rho_hat)))
+
+
+def gaussian_kl(mu: jax.Array, logvar: jax.Array) -> jax.Array:
+  """KL(N(mu, diag exp(logvar)) || N(0, I)) of a VAE's posterior (Kingma & Welling 2014, appendix B).
+
+  Args:
+    mu, logvar: [B, L] mean and log-variance of q(z | x).
+
+  Returns:
+    [B] -0.5 * sum_l (1 + logvar_l - mu_l^2 - exp(logvar_l)).
+  """
+  return -0.5 * jnp.sum(1.0 + logvar - mu ** 2 - jnp.exp(logvar), axis=-1)
+
+
+def kernels_sq_norm(params) -> jax.Array:
+  """Sum of squares of every kernel (weight matrix or conv filter) in a parameter tree, biases left out.
+
+  A parameter counts as a kernel when its name contains "kernel" (flax's Dense and Conv, TiedAE).
+
+  Returns:
+    scalar sum over kernels of sum_ij W_ij^2.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  sq = [jnp.sum(w ** 2) for path, w in leaves if "kernel" in jax.tree_util.keystr(path)]
+  return sum(sq) if sq else jnp.zeros(())
+
+
 JACOBIAN_MODES = ("jacfwd", "jacrev", "auto")
 
 

@@ -82,6 +82,34 @@ def bce_per_pixel(inp: LossInputs) -> jax.Array:
   return jnp.mean(losses.mean_bce_with_logits(_logits(inp), inp.x))
 
 
+@register("l1_activity")
+def l1_activity(inp: LossInputs) -> jax.Array:
+  """Batch mean of sum_k |h_k| over the code (sparse AE, SEEDS S2 and S4)."""
+  return jnp.mean(losses.l1_activity(inp.out["code"]))
+
+
+@register("kl_sparsity")
+def kl_sparsity(inp: LossInputs, *, rho: float = 0.05) -> jax.Array:
+  """sum_j KL(rho || rho_hat_j), rho_hat_j the batch mean of code unit j; needs a sigmoid code
+  (model field code_activation="sigmoid"). Its weight is Ng's beta (about 3)."""
+  return losses.kl_sparsity(inp.out["code"], rho=rho)
+
+
+@register("vae_kl")
+def vae_kl(inp: LossInputs) -> jax.Array:
+  """Batch mean of KL(q(z|x) || N(0, I)); needs a model that returns "mu" and "logvar" (the VAE)."""
+  if "mu" not in inp.out or "logvar" not in inp.out:
+    raise UserError("Loss term 'vae_kl' needs a model that returns 'mu' and 'logvar': use model 'vae'.")
+  return jnp.mean(losses.gaussian_kl(inp.out["mu"], inp.out["logvar"]))
+
+
+@register("weight_decay")
+def weight_decay(inp: LossInputs) -> jax.Array:
+  """Sum of squares of all kernels, biases left out (Rifai's AE+wd; Keras' kernel_regularizer l2).
+  For decay added to the gradient instead, as PyTorch's Adam(weight_decay=), use config.optimizer.weight_decay."""
+  return losses.kernels_sq_norm(inp.params)
+
+
 def _one_sigmoid_layer_kernel(params) -> jax.Array:
   """W [D, K] of a model whose encoder is one dense layer (tied: kernel_0; dense: encoder/dense_0)."""
   if "kernel_0" in params and "kernel_1" not in params:

@@ -88,27 +88,29 @@ def make_train_chunk(train_step: Callable) -> Callable:
 def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None) -> Callable:
   """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
 
-  Stochastic terms draw from `key` (the same draws at every evaluation)."""
+  Stochastic terms and a VAE's latent sample draw from `key` folded with the batch index (the same
+  draws at every evaluation); dropout is off."""
   key = jax.random.PRNGKey(0) if key is None else key
 
-  def batch_metrics(params, x):
-    out = model.apply({"params": params}, x)
-    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params), key))
+  def batch_metrics(params, x, i):
+    latent_key, loss_key = jax.random.split(jax.random.fold_in(key, i))
+    out = model.apply({"params": params}, x, rngs={"latent": latent_key})
+    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params), loss_key))
     return {"mse": objective.mse(objective.LossInputs(x, x, out, params, None)), **metrics}
 
-  @jax.jit
-  def scan_batches(params, xb):  # [C, B, D] -> metrics [C]
-    return jax.lax.map(lambda x: batch_metrics(params, x), xb)
+  @functools.partial(jax.jit, static_argnums=2)
+  def scan_batches(params, xb, first):  # [C, B, D] -> metrics [C]
+    return jax.lax.map(lambda a: batch_metrics(params, *a), (xb, first + jnp.arange(xb.shape[0])))
 
   def evaluate(params, x: jax.Array) -> dict[str, float]:
     n = x.shape[0]
     full = (n // batch_size) * batch_size
     parts, sizes = [], []
     if full:
-      parts.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1])))
+      parts.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1]), 0))
       sizes.append(np.full(full // batch_size, batch_size))
     if n > full:
-      parts.append(scan_batches(params, x[None, full:]))
+      parts.append(scan_batches(params, x[None, full:], full // batch_size))
       sizes.append(np.array([n - full]))
     w = np.concatenate(sizes) / n
     return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in parts]))) for k in parts[0]}

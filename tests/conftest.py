@@ -18,6 +18,13 @@ _seeds = itertools.count(1234)
 
 
 @pytest.fixture
+def x64():
+  """64-bit mode for this test only (exactness checks in float64)."""
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.fixture
 def key():
   """A fresh key per test: every test gets other random numbers than the last."""
   return jax.random.PRNGKey(next(_seeds))

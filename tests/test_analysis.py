@@ -1,10 +1,11 @@
 """Analyses against closed forms: linear encoders have known Jacobians and contraction ratios."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxae import analysis, losses
+from jaxae import analysis, losses, models
 
 
 def test_singular_values_and_norm_of_a_linear_encoder(key):
@@ -31,3 +32,40 @@ def test_contraction_ratio_of_a_scaling_and_of_a_saturating_map(key):
   np.testing.assert_allclose(ratios, 0.5, rtol=1e-5)
   ratios = analysis.contraction_ratios(key, jnp.tanh, x, [0.01, 1.0, 100.0])
   assert ratios[0] > ratios[1] > ratios[2] and float(ratios[2]) < 0.05  # tanh saturates far away
+
+
+def _tiny_vae(key, latents=1):
+  model = models.VAE(encoder_features=(8,), latents=latents, decoder_features=(8, 6))
+  x = jax.random.uniform(key, (5, 6), jnp.float64)
+  params = model.init(key, x)["params"]
+  posterior = lambda xb: model.apply({"params": params}, xb, method="posterior")
+  logits = lambda z: model.apply({"params": params}, z, method="decoder_logits")
+  return model, params, x, posterior, logits
+
+
+def test_iwae_bound_above_elbo_rising_with_k_and_below_log_px(key, x64):
+  """1-D latent: log p(x) = log int p(x|z) N(z; 0, 1) dz by quadrature, to check the bounds against."""
+  _, _, x, posterior, logits = _tiny_vae(key)
+  z = jnp.linspace(-12.0, 12.0, 24001, dtype=jnp.float64)[:, None]
+  log_px_z = -losses.bce_with_logits(logits(z)[:, None, :], x[None])            # [Z, B]
+  log_prior = -0.5 * (z[:, 0] ** 2 + jnp.log(2 * jnp.pi))
+  log_px = jax.nn.logsumexp(log_px_z + log_prior[:, None], axis=0) + jnp.log(z[1, 0] - z[0, 0])
+  k_key, e_key = jax.random.split(key)
+  elbo = jnp.mean(analysis.vae_log_weights(e_key, posterior, logits, x, num_samples=50_000), axis=0)
+  bounds = [analysis.iwae_bound(jax.random.fold_in(k_key, k), posterior, logits, x, num_samples=k,
+                                samples_per_pass=1000) for k in (1, 10, 100, 5000)]
+  gaps = [float(jnp.mean(log_px - b)) for b in bounds]
+  elbo_gap = float(jnp.mean(log_px - elbo))
+  print("ELBO gap", elbo_gap, "IWAE gaps for k = 1, 10, 100, 5000:", gaps)
+  assert elbo_gap > 0.05, "an untrained encoder leaves a gap to close"
+  assert abs(gaps[0] - elbo_gap) < 0.5 * elbo_gap  # k = 1 is the ELBO, one draw per example
+  assert gaps[1] > gaps[2] > abs(gaps[3]), gaps  # rises with k towards log p(x) ...
+  assert abs(gaps[3]) < 0.05 * elbo_gap, gaps    # ... and ends far closer than the ELBO
+
+
+def test_iwae_passes_combine_to_one_log_mean_exp(key, x64):
+  _, _, x, posterior, logits = _tiny_vae(key, latents=3)
+  got = analysis.iwae_bound(key, posterior, logits, x, num_samples=7, samples_per_pass=3)
+  lw = jnp.concatenate([analysis.vae_log_weights(jax.random.fold_in(key, i), posterior, logits, x, num_samples=3)
+                        for i in range(3)])[:7]
+  chex.assert_trees_all_close(got, jax.nn.logsumexp(lw, axis=0) - jnp.log(7.0), rtol=1e-12)

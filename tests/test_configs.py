@@ -11,8 +11,11 @@ import pytest
 from jaxae import metrics, train
 from tests.conftest import ROOT
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))
+MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))
                  if not os.path.basename(p).startswith(("_", "default")))
+# Every variant of every config: "name" or "name:variant" (a module lists its variants in VARIANTS).
+CONFIGS = [f"{name}:{v}" if v else name for name in MODULES
+           for v in getattr(importlib.import_module(f"experiments.configs.{name}"), "VARIANTS", (None,))]
 
 
 @pytest.fixture
@@ -24,7 +27,8 @@ def restore_x64():
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_smoke_runs(name, idx_dir, tmp_path, restore_x64):
-  config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+  module, _, variant = name.partition(":")
+  config = importlib.import_module(f"experiments.configs.{module}").get_config(f"{variant},smoke" if variant else "smoke")
   config.data.source = "idx"
   config.data.data_dir = idx_dir
   config.data.train_subset = min(config.data.train_subset or 10**9, 2 * config.batch_size)

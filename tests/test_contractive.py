@@ -14,12 +14,6 @@ from jaxae import losses, models, objective, train
 from jaxae.errors import UserError
 
 
-@pytest.fixture
-def x64():
-  with jax.enable_x64(True):
-    yield
-
-
 def _tied(key, d=12, k=7):
   """A one-layer sigmoid tied AE with random kernel and random (non-zero) biases, float64."""
   model = models.TiedAE(input_dim=d, features=(k,), param_dtype="float64")

@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxae import models
@@ -48,7 +49,7 @@ def test_no_logits_without_sigmoid_output(key):
 
 
 def test_unknown_model_and_bad_field():
-  with pytest.raises(UserError, match="Unknown model .mlp.; known models: conv, dense, tied"):
+  with pytest.raises(UserError, match="Unknown model .mlp.; known models: conv, dense, tied, vae"):
     models.build("mlp")
   with pytest.raises(UserError, match="Bad field for model 'dense'.*encoder_features"):
     models.build("dense", widths=(3,))
@@ -69,3 +70,37 @@ def test_conv_ae_layer_stack_and_param_count(key):
   chex.assert_shape(one, (49,))
   chex.assert_trees_all_close(one, out["code"][0], rtol=1e-4, atol=1e-6)
   assert float(out["code"].min()) >= 0.0  # ReLU code
+
+
+def test_vae_samples_from_the_latent_stream_and_uses_mu_without(key):
+  model = models.build("vae", encoder_features=(400,), latents=20, decoder_features=(400, 784))
+  x = jax.random.uniform(key, (3, 784))
+  params = model.init(key, x)["params"]
+  by_hand = (784 * 400 + 400) + 2 * (400 * 20 + 20) + (20 * 400 + 400) + (400 * 784 + 784)
+  assert models.count_params(params) == by_hand  # the seed's 784-400-(20, 20)-400-784
+  out = model.apply({"params": params}, x)
+  chex.assert_shape([out["code"], out["mu"], out["logvar"]], (3, 20))
+  chex.assert_shape([out["recon"], out["logits"]], (3, 784))
+  chex.assert_trees_all_equal(out["code"], out["mu"])  # no latent stream: z = mu
+  k1, k2 = jax.random.split(key)
+  z1 = model.apply({"params": params}, x, rngs={"latent": k1})["code"]
+  z2 = model.apply({"params": params}, x, rngs={"latent": k2})["code"]
+  chex.assert_trees_all_equal(z1, model.apply({"params": params}, x, rngs={"latent": k1})["code"])
+  eps = (z1 - out["mu"]) / jnp.exp(0.5 * out["logvar"])  # the standard normal draws behind z
+  assert abs(float(eps.mean())) < 0.5 and 0.6 < float(eps.std()) < 1.4, (eps.mean(), eps.std())
+  assert float(jnp.abs(z1 - z2).max()) > 1e-3
+  chex.assert_trees_all_close(model.apply({"params": params}, x[0], method="encode"), out["mu"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_only_while_training(key):
+  model = models.build("dense", encoder_features=(32, 4), decoder_features=(32, 16), dropout=0.5)
+  x = jax.random.uniform(key, (8, 16))
+  params = model.init(key, x)["params"]
+  clean = model.apply({"params": params}, x)["recon"]
+  chex.assert_trees_all_equal(clean, model.apply({"params": params}, x, train=False)["recon"])
+  k1, k2 = jax.random.split(key)
+  noisy1 = model.apply({"params": params}, x, train=True, rngs={"dropout": k1})["recon"]
+  noisy2 = model.apply({"params": params}, x, train=True, rngs={"dropout": k2})["recon"]
+  assert float(jnp.abs(noisy1 - clean).max()) > 1e-4 and float(jnp.abs(noisy1 - noisy2).max()) > 1e-4
+  with pytest.raises(ValueError, match="dropout must be a rate"):
+    models.build("dense", dropout=1.5).init(key, x)

@@ -67,3 +67,21 @@ def test_readme_own_term_example_runs():
     chex.assert_tree_all_finite(namespace["state"].params)
   finally:
     objective.TERMS.pop("code_l2", None)
+
+
+def test_sparsity_vae_and_weight_decay_terms(key):
+  inp = _inputs(key)
+  h = np.asarray(inp.out["code"], np.float64)
+  np.testing.assert_allclose(objective.l1_activity(inp), np.abs(h).sum(-1).mean(), rtol=1e-5)
+  kernels = [p["kernel"] for part in inp.params.values() for p in part.values()]
+  np.testing.assert_allclose(objective.weight_decay(inp), sum(float(jnp.sum(k ** 2)) for k in kernels), rtol=1e-5)
+  with pytest.raises(UserError, match="'vae_kl' needs a model that returns 'mu' and 'logvar'"):
+    objective.vae_kl(inp)
+  vae = models.build("vae", encoder_features=(8,), latents=2, decoder_features=(8, 16))
+  params = vae.init(key, inp.x)["params"]
+  out = vae.apply({"params": params}, inp.x)
+  vinp = objective.LossInputs(inp.x, inp.x, out, params, None)
+  np.testing.assert_allclose(objective.vae_kl(vinp), jnp.mean(
+      0.5 * jnp.sum(jnp.exp(out["logvar"]) + out["mu"] ** 2 - 1.0 - out["logvar"], axis=-1)), rtol=1e-5)
+  loss, metrics = objective.from_weights({"bce": 1.0, "vae_kl": 1.0})(vinp)
+  np.testing.assert_allclose(loss, metrics["bce"] + metrics["vae_kl"], rtol=1e-6)

@@ -12,6 +12,18 @@ def shrink(c: ml_collections.ConfigDict, *, train_subset: int, test_subset: int,
   return c
 
 
+def variant(arg: str | None, known: tuple[str, ...]) -> tuple[str, bool]:
+  """Parses a config argument "VARIANT[,smoke]" (or "smoke" alone) -> (variant, smoke); the first of
+  `known` is the default variant."""
+  name, _, size = (arg or known[0]).partition(",")
+  if name == "smoke":
+    name, size = known[0], "smoke"
+  if name not in known or size not in ("", "smoke"):
+    raise ValueError(f"Unknown config argument {arg!r}; give one of {', '.join(known)}, optionally "
+                     "followed by ',smoke'.")
+  return name, size == "smoke"
+
+
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0                      # root key: split once into init, data order and step keys

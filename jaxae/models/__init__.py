@@ -10,8 +10,9 @@ from jaxae.errors import UserError
 from jaxae.models.conv import ConvAE
 from jaxae.models.dense import DenseAE, MLP, count_params
 from jaxae.models.tied import TiedAE, theano_sigmoid_uniform
+from jaxae.models.vae import VAE
 
-MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE, "conv": ConvAE}
+MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE, "conv": ConvAE, "vae": VAE}
 
 
 def resolve(path: str):
@@ -35,4 +36,4 @@ def build(name: str, **kwargs) -> nn.Module:
     raise UserError(f"Bad field for model {name!r}: {e}. Its fields: {fields}.") from e
 
 
-__all__ = ["MODELS", "build", "resolve", "ConvAE", "DenseAE", "MLP", "TiedAE", "count_params", "theano_sigmoid_uniform"]
+__all__ = ["MODELS", "build", "resolve", "ConvAE", "DenseAE", "MLP", "TiedAE", "VAE", "count_params", "theano_sigmoid_uniform"]

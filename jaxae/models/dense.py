@@ -25,20 +25,24 @@ def activation_fn(name: str, *, negative_slope: float = 0.01):
 class MLP(nn.Module):
   """Dense layers of the given widths; `activation` between them, `final_activation` after the last.
 
-  Works on one example [D] or a batch [..., D].
+  Works on one example [D] or a batch [..., D]. With `dropout` > 0 each hidden activation is dropped
+  at that rate when train=True (inverted dropout; the "dropout" PRNG stream).
   """
   features: Sequence[int]
   activation: str = "relu"
   final_activation: str = "linear"
   negative_slope: float = 0.01
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     hidden = activation_fn(self.activation, negative_slope=self.negative_slope)
     for i, width in enumerate(self.features):
       x = nn.Dense(width, name=f"dense_{i}")(x)
       if i < len(self.features) - 1:
         x = hidden(x)
+        if self.dropout:
+          x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return activation_fn(self.final_activation, negative_slope=self.negative_slope)(x)
 
 
@@ -52,6 +56,8 @@ class DenseAE(nn.Module):
     code_activation: applied to the code ("linear" for S1).
     output_activation: applied to the decoder output; with "sigmoid" the pre-activation is also
       returned as "logits", for binary cross-entropy.
+    dropout: rate of dropout on every hidden activation of encoder and decoder during training
+      (SEEDS S2's other regulariser); `encode`/`decode` never drop.
   """
   encoder_features: Sequence[int] = (128, 64, 12, 3)
   decoder_features: Sequence[int] = (12, 64, 128, 784)
@@ -59,14 +65,18 @@ class DenseAE(nn.Module):
   negative_slope: float = 0.1
   code_activation: str = "linear"
   output_activation: str = "sigmoid"
+  dropout: float = 0.0
 
   def setup(self):
     if not self.encoder_features or min(self.encoder_features) < 1:
       raise ValueError(f"encoder_features must be positive widths, got {tuple(self.encoder_features)}.")
     if not self.decoder_features or min(self.decoder_features) < 1:
       raise ValueError(f"decoder_features must be positive widths, got {tuple(self.decoder_features)}.")
-    self.encoder = MLP(self.encoder_features, self.activation, self.code_activation, self.negative_slope)
-    self.decoder = MLP(self.decoder_features, self.activation, "linear", self.negative_slope)
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be a rate in [0, 1), got {self.dropout}.")
+    self.encoder = MLP(self.encoder_features, self.activation, self.code_activation, self.negative_slope,
+                       self.dropout)
+    self.decoder = MLP(self.decoder_features, self.activation, "linear", self.negative_slope, self.dropout)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., D] -> code [..., K]."""
@@ -78,9 +88,8 @@ class DenseAE(nn.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
-    del train  # no dropout or batch statistics in this model
-    code = self.encode(x)
-    return outputs(code, self.decoder(code), self.output_activation)
+    code = self.encoder(x, train=train)
+    return outputs(code, self.decoder(code, train=train), self.output_activation)
 
 
 def outputs(code: jax.Array, pre: jax.Array, output_activation: str) -> dict[str, jax.Array]:
