@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -25,7 +26,8 @@ def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManag
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())  # so metadata can be read
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
@@ -36,15 +38,59 @@ def save(manager: ocp.CheckpointManager, state) -> None:
 def restore_latest(manager: ocp.CheckpointManager, state):
   """The latest readable checkpoint restored into the structure, shapes and shardings of `state`, or
   `state` itself when there is none. A damaged checkpoint (a truncated or missing file) is skipped with
-  a warning that names its step, and the one before it is tried."""
+  a warning that names its step, and the one before it is tried. A readable checkpoint whose arrays
+  differ from `state`'s in name or shape (saved by another model or optimizer) raises UserError naming
+  the first differences (falling back, as for a damaged one, would silently start over)."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
+      saved = _shapes(manager.metadata(step).item_metadata.tree)
+    except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: a damaged checkpoint)
+      _warn_damaged(manager, step, e)
+      continue
+    differences = _differences(saved, _shapes(state))
+    if differences:
+      more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+      raise UserError(
+          f"The checkpoint at step {step} in {str(manager.directory)!r} was saved by another model or "
+          f"optimizer: {'; '.join(differences[:3])}{more}. Train this config in a new --workdir, or "
+          "resume this one with the model and optimizer it was trained with.")
+    try:
       return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many types)
-      logging.warning("Checkpoint at step %d in %s is damaged (%s: %s); falling back to the previous one.",
-                      step, manager.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+      _warn_damaged(manager, step, e)
   return state
+
+
+def _warn_damaged(manager: ocp.CheckpointManager, step: int, e: Exception) -> None:
+  logging.warning("Checkpoint at step %d in %s is damaged (%s: %s); falling back to the previous one.",
+                  step, manager.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{"params/encoder/dense_0/kernel": shape, ...} of a train state or of a checkpoint's metadata tree
+  (tuples and named tuples there are lists and dicts, so keys are compared by name or index)."""
+  def name(key) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _differences(saved: dict, expected: dict) -> list[str]:
+  """One line per array whose shape differs or that only one side has, parameters first."""
+  lines = []
+  for path in sorted(set(saved) | set(expected), key=lambda p: (not p.startswith("params/"), p)):
+    if path not in expected:
+      lines.append(f"{path} is in the checkpoint but not in this model's train state")
+    elif path not in saved:
+      lines.append(f"{path} of this model's train state is not in the checkpoint")
+    elif tuple(saved[path]) != tuple(expected[path]):
+      lines.append(f"{path} has shape {tuple(saved[path])} in the checkpoint, this model expects "
+                   f"{tuple(expected[path])}")
+  return lines
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -140,9 +140,25 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
       images, labels = images[:n], labels[:n]
     raw[split] = images, labels
   mean = raw["train"][0].reshape(len(raw["train"][0]), -1).mean(0) / 255.0 if scaling == "centered" else None
-  return {split: Split(jnp.asarray(scale(images, scaling=scaling, mean=mean), dtype),
-                       jnp.asarray(labels, jnp.int32))
-          for split, (images, labels) in raw.items()}
+  splits = {}
+  for split, (images, labels) in raw.items():
+    x = scale(images, scaling=scaling, mean=mean)
+    refuse_non_finite(x, split=split, scaling=scaling)
+    splits[split] = Split(jnp.asarray(x, dtype), jnp.asarray(labels, jnp.int32))
+  return splits
+
+
+def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:
+  """Raises UserError when the scaled images x [N, D] of `split` hold NaN or Inf, naming how many
+  values and examples and the first example: every loss of a run on them would be NaN."""
+  bad = ~np.isfinite(x)
+  if bad.any():
+    rows = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+    raise UserError(
+        f"The {split} images hold {int(bad.sum())} non-finite values (NaN or Inf) in {len(rows)} of "
+        f"{len(x)} examples (the first: example {int(rows[0])}) after scaling={scaling!r}; every loss "
+        "would be NaN. Replace or drop those examples in the data (e.g. np.nan_to_num), or re-create "
+        "the data files if they are damaged.")
 
 
 def epoch_indices(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int, *,

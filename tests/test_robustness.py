@@ -1,0 +1,178 @@
+"""Nothing lost, nothing silent: SIGKILL at any moment, data with NaN, a model that cannot take the data,
+a checkpoint of another architecture."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxae import checkpoint, data, metrics, train
+from jaxae.errors import UserError
+from tests.conftest import ROOT
+from tests.test_main import idx_flags
+
+EPOCHS, EVERY, STEPS_PER_EPOCH = 12, 4, 8  # the smoke config: 512 images in batches of 64
+TMP = ".orbax-checkpoint-tmp"
+
+
+def _disk(ckpts: str) -> tuple[list[int], dict[int, list[str]]]:
+  """(committed steps, {step being written: the files of its temporary folder so far})."""
+  committed, writing = [], {}
+  for name in os.listdir(ckpts) if os.path.isdir(ckpts) else []:
+    if name.isdigit():
+      committed.append(int(name))
+    elif TMP in name:
+      root = os.path.join(ckpts, name)
+      writing[int(name.split(".")[0])] = sorted(os.path.relpath(os.path.join(d, f), root)
+                                                for d, _, files in os.walk(root) for f in files)
+  return sorted(committed), writing
+
+
+def _start(flags: list[str], workdir: str, log: str) -> subprocess.Popen:
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  with open(log + ".out", "w", encoding="utf-8") as out, open(log + ".err", "w", encoding="utf-8") as err:
+    return subprocess.Popen([sys.executable, "-m", "experiments.main", *flags, "--workdir", workdir], cwd=ROOT,
+                            env=env, stdout=out, stderr=err)
+
+
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def _freeze(proc: subprocess.Popen) -> None:
+  """SIGSTOP, then wait until every thread is stopped: from then on the disk is what a kill leaves."""
+  proc.send_signal(signal.SIGSTOP)
+  task = f"/proc/{proc.pid}/task"
+  while True:
+    states = []
+    for tid in os.listdir(task):
+      try:
+        with open(f"{task}/{tid}/stat", encoding="utf-8") as f:
+          states.append(f.read().rsplit(")", 1)[1].split()[0])
+      except FileNotFoundError:  # a thread that just ended
+        pass
+    if all(s in "TtZX" for s in states):
+      return
+    time.sleep(0.0005)
+
+
+def _kill_when(proc: subprocess.Popen, log: str, ckpts: str, ready) -> tuple[list[int], dict[int, list[str]]]:
+  """Polls until `ready(stdout, committed, writing)` holds, freezes the run, checks again on the frozen
+  disk and SIGKILLs it there; if the run moved on in between, lets it go on and keeps polling.
+  Returns the (committed, writing) the run was killed on."""
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline:
+    assert proc.poll() is None, f"the run ended before the kill point:\n{_read(log + '.out')[-2000:]}"
+    if ready(_read(log + ".out"), *_disk(ckpts)):
+      _freeze(proc)
+      seen = _disk(ckpts)
+      if ready(_read(log + ".out"), *seen):
+        proc.kill()
+        proc.wait()
+        return seen
+      proc.send_signal(signal.SIGCONT)
+    time.sleep(0.001)
+  proc.kill()
+  raise AssertionError("no kill point within 300 s")
+
+
+def _record(workdir: str) -> list[dict]:
+  return [{k: v for k, v in r.items() if k.startswith(("train/", "test/"))} for r in metrics.read_metrics(workdir)]
+
+
+def test_sigkill_at_any_moment_resumes_and_ends_bitwise_equal(idx_dir, tmp_path):
+  """One workdir killed three times (after the first epoch before any checkpoint, between checkpoints,
+  while a checkpoint is being written), then run to the end, against one uninterrupted run."""
+  flags = ["--config", "experiments/configs/undercomplete.py:smoke", *idx_flags(idx_dir),
+           f"--config.epochs={EPOCHS}", f"--config.checkpoint_every_epochs={EVERY}"]
+  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
+  ckpts, logs = os.path.join(killed, "checkpoints"), str(tmp_path / "log")
+  reference = _start(flags, straight, logs + "_straight")  # runs beside the killed ones
+
+  # (a) Early: the first epoch is done, no checkpoint yet (one comes every 4 epochs).
+  proc = _start(flags, killed, logs + "_a")
+  at_a = _kill_when(proc, logs + "_a", ckpts, lambda out, done, writing: "epoch 1/" in out)
+  assert at_a == ([], {}), at_a
+
+  # (b) Between checkpoints: this run has committed one and is training, no save in flight.
+  proc = _start(flags, killed, logs + "_b")
+  at_b = _kill_when(proc, logs + "_b", ckpts, lambda out, done, writing: done and not writing)
+  assert "Resuming" not in _read(logs + "_b.out")  # nothing to resume after (a)
+  assert at_b[0][-1] % (EVERY * STEPS_PER_EPOCH) == 0 and not at_b[1], at_b
+
+  # (c) While a checkpoint is being written: its temporary folder holds array data, not yet renamed.
+  proc = _start(flags, killed, logs + "_c")
+  at_c = _kill_when(proc, logs + "_c", ckpts, lambda out, done, writing: any(
+      "/d/" in f for files in writing.values() for f in files))
+  assert f"Resuming from step {at_b[0][-1]} " in _read(logs + "_c.out")
+  (being_written, files), = at_c[1].items()
+  assert at_c[0][-1] < being_written and being_written not in at_c[0], at_c
+  assert _disk(ckpts)[1], "the half-written checkpoint should be on disk after the kill"
+  print(f"killed at (a) {at_a}, (b) {at_b}, (c) committed {at_c[0]}, writing step {being_written}: {files}")
+
+  proc = _start(flags, killed, logs + "_end")
+  assert proc.wait(timeout=300) == 0, _read(logs + "_end.err")[-3000:]
+  assert f"Resuming from step {at_c[0][-1]} " in _read(logs + "_end.out")  # not from the half-written one
+  for log in ("_b", "_c", "_end"):
+    assert "damaged" not in _read(logs + log + ".err"), _read(logs + log + ".err")[-3000:]
+  assert reference.wait(timeout=300) == 0, _read(logs + "_straight.err")[-3000:]
+
+  want = jax.device_get(train.restore_trained(straight)[2])
+  got = jax.device_get(train.restore_trained(killed)[2])
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for path, a, b in zip(*zip(*jax.tree_util.tree_leaves_with_path(got)), jax.tree_util.tree_leaves(want)):
+    assert np.array_equal(a, b), jax.tree_util.keystr(path)
+  assert _record(killed) == _record(straight)  # every epoch's metrics, each logged once as if never killed
+  assert len(_record(killed)) == EPOCHS
+
+
+def test_data_with_nan_or_inf_is_refused(idx_dir, monkeypatch):
+  real = data.load_idx
+
+  def user_data(directory, split):  # float images, as a user's own loader might hand in
+    images, labels = real(directory, split)
+    images = images.astype(np.float64)
+    if split == "test":
+      images[3, 0, 0], images[3, 5, 5], images[70, 1, 1] = np.nan, np.inf, np.nan
+    return images, labels
+
+  monkeypatch.setattr(data, "load_idx", user_data)
+  with pytest.raises(UserError, match=r"The test images hold 3 non-finite values \(NaN or Inf\) in 2 of 128 "
+                                      r"examples \(the first: example 3\) after scaling='unit'.*np.nan_to_num"):
+    data.load_mnist(source="idx", data_dir=idx_dir)
+
+
+def test_conv_model_that_cannot_take_the_data(make_config, tmp_path):
+  # The dense model's cases (a zero width; a decoder ending in 100, which the model builds but whose
+  # reconstruction has the wrong size) are in test_train.py; the conv model cannot even take the input.
+  config = make_config()
+  config.model.name = "conv"
+  config.model.kwargs = ml_collections.ConfigDict({"image_shape": (32, 32, 1)})
+  with pytest.raises(UserError, match=r"Model 'conv' cannot take this data \(one example has shape \(784,\)\): "
+                                      r"cannot reshape .*Fix config.model.kwargs"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
+  train.train_and_evaluate(make_config(epochs=1), str(tmp_path))  # encoder 784-32-3
+  for encoder, message in [
+      ((16, 3), r"params/encoder/dense_0/bias has shape \(32,\) in the checkpoint, this model expects \(16,\); "
+                r"params/encoder/dense_0/kernel has shape \(784, 32\) in the checkpoint, this model expects "
+                r"\(784, 16\); .* \(and 6 more\)"),
+      ((32, 8, 3), r"params/encoder/dense_1/bias has shape \(3,\) in the checkpoint, this model expects \(8,\); "
+                   r".*params/encoder/dense_2/bias of this model's train state is not in the checkpoint")]:
+    other = make_config(epochs=2, allow_config_change=True)
+    other.model.kwargs.encoder_features = encoder
+    with pytest.raises(UserError, match=r"The checkpoint at step 8 in '.*checkpoints' was saved by another "
+                                        r"model or optimizer: " + message + r".*new --workdir"):
+      train.train_and_evaluate(other, str(tmp_path))
+    manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
+    assert list(manager.all_steps()) == [8]  # nothing started over, nothing saved
+    manager.close()
