@@ -24,6 +24,23 @@ def summary_row(workdir: str) -> str:
           f"{last['test/mse']:.5f} | {steady:.2f} | {times[0]:.2f} |")
 
 
+def code_interpretation(codes: np.ndarray) -> np.ndarray:
+  """[K, K] codes: the mean of codes [N, K] with dimension i replaced by its maximum over the set, row i
+  (the Keras write-up's way of reading what each code dimension draws)."""
+  mean = np.broadcast_to(codes.mean(0), (codes.shape[1], codes.shape[1])).copy()
+  np.fill_diagonal(mean, codes.max(0))
+  return mean
+
+
+def display_offset(config) -> np.ndarray | float:
+  """What the data had subtracted, to add back for display: the mean training image for "centered"."""
+  if config.data.scaling != "centered":
+    return 0.0
+  unit = config.copy_and_resolve_references()
+  unit.data.scaling = "unit"
+  return np.asarray(train.load_data(unit)["train"].x).mean(0)
+
+
 def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> list[str]:
   """Writes the run's figures as PNG into `out_dir` (default workdir/figures); returns their paths."""
   config, model, params, splits = train.restore_trained(workdir)
@@ -42,19 +59,34 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
   records = metrics.read_metrics(workdir)
   save(figures.loss_curves(records, keys=("train/loss", "test/loss"), title=f"Loss ({', '.join(config.loss)})"),
        "loss_curves.png")
-  x = np.asarray(test.x[:num_images])
+  labels = np.asarray(test.labels)
+  picks = [int(np.argmax(labels == d)) for d in range(10) if np.any(labels == d)][:num_images]  # one per digit
+  x = np.asarray(test.x[np.asarray(picks)])
+  offset, value_range = display_offset(config), (-1.0, 1.0) if config.data.scaling == "symmetric" else (0.0, 1.0)
+  show = lambda images: np.asarray(images) + offset  # the mean image back for centred data
   recon = np.asarray(apply(x)["recon"])
-  lo, hi = (-1.0, 1.0) if config.data.scaling == "symmetric" else (0.0, 1.0)
-  save(figures.image_rows([x, recon], row_titles=["input", "recon"], value_range=(lo, hi)),
+  save(figures.image_rows([show(x), show(recon)], row_titles=["input", "recon"], value_range=value_range),
        "reconstructions.png")
+  if config.corruption.name:
+    noisy = np.asarray(train.build_corruption(config)(jax.random.PRNGKey(1), x))
+    save(figures.image_rows([show(noisy), show(apply(noisy)["recon"]), show(x)],
+                            row_titles=["noisy input", "cleaned", "clean"], value_range=value_range), "denoising.png")
   codes = np.asarray(jax.lax.map(apply, test.x, batch_size=500)["code"]).reshape(test.x.shape[0], -1)
   kernel = params.get("kernel_0")
   if kernel is not None and kernel.shape[0] == 784:
     save(figures.filter_tiles(np.asarray(kernel), title=f"First 100 of {kernel.shape[1]} filters (columns of W)"),
          "filters.png")
   if codes.shape[-1] == 3:
-    save(figures.code_scatter_3d(codes, np.asarray(test.labels),
-                                 title=f"Test codes ({len(codes)} digits)"), "codes_3d.png")
+    save(figures.code_scatter_3d(codes, labels, title=f"Test codes ({len(codes)} digits)"), "codes_3d.png")
+  if codes.shape[-1] >= 8:
+    save(figures.unit_activity(np.abs(codes).mean(0), title=f"Mean |h_j| of each of the {codes.shape[-1]} code "
+                               f"units over the test set ({', '.join(config.loss)})"), "code_activity.png")
+  if 8 <= codes.shape[-1] <= 64 and config.model.name != "vae":
+    decoded = np.asarray(model.apply({"params": params}, code_interpretation(codes), method="decode"))
+    save(figures.image_grid(show(decoded), cols=min(codes.shape[-1], 8), value_range=value_range,
+                            titles=[f"h{i} = max" for i in range(codes.shape[-1])],
+                            title="Mean test code with one dimension at a time set to its maximum, decoded"),
+         "code_interpretation.png")
   return paths
 
 

@@ -101,3 +101,39 @@ def contraction_curves(radii: np.ndarray, values: dict[str, np.ndarray], *,
   """One line per model: mean contraction ratio against the input-space distance r (log-log)."""
   return curves({label: (radii, v) for label, v in values.items()}, xlabel="distance r in input space",
                 ylabel="contraction ratio", title=title, logx=True)
+
+
+def image_grid(images: np.ndarray, *, cols: int, shape=(28, 28), value_range: tuple[float, float] = (0.0, 1.0),
+               titles: Sequence[str] | None = None, title: str = ""):
+  """Images [n, prod(shape)] in a grid of `cols` columns, each with an optional small title."""
+  n = images.shape[0]
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * (1.05 if titles else 0.9) + 0.35),
+                           squeeze=False)
+  for i, ax in enumerate(axes.ravel()):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if i < n:
+      ax.imshow(np.asarray(images[i]).reshape(shape), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+      if titles:
+        ax.set_title(titles[i], fontsize=7, pad=2)
+    else:
+      ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(pad=0.3, h_pad=0.3 if titles else 0.1, w_pad=0.1, rect=(0, 0, 1, 0.96 if title else 1))
+  return fig
+
+
+def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation of each code unit (test set)"):
+  """Bars of each code unit's mean activation [K], sorted, largest first: how sparse the code got."""
+  values = np.sort(np.asarray(mean_activation))[::-1]
+  fig, ax = plt.subplots(figsize=(7, 3.4))
+  ax.bar(np.arange(len(values)), values, width=1.0, color="tab:blue")
+  ax.set_xlabel("code unit (sorted by mean activation)")
+  ax.set_ylabel("mean activation")
+  ax.set_xlim(-0.5, len(values) - 0.5)
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, axis="y", alpha=0.3)
+  fig.tight_layout()
+  return fig

@@ -223,8 +223,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   set_dtype(config)
   _prepare_workdir(workdir)
   checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2))
 
   splits = load_data(config)
   n_train = splits["train"].x.shape[0]
@@ -244,11 +242,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if recon.shape != splits["train"].x[:2].shape:
     raise UserError(f"Model {config.model.name!r} reconstructs examples of shape {tuple(recon.shape[1:])}, "
                     f"the data has {tuple(splits['train'].x.shape[1:])}. Fix config.model.kwargs "
-                    "(the decoder's last width must be the input size).")
+                    "(the decoder's last width must be the input size; for conv, image_shape).")
 
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, state)
+  try:
+    state = checkpoint.restore_latest(manager, state)
+  except UserError:
+    manager.close()
+    raise
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # only once resuming is allowed
+    f.write(config.to_json_best_effort(indent=2))
   steps_per_epoch = n_train // config.batch_size
   total_steps = config.epochs * steps_per_epoch
   start = int(state.step)

@@ -176,3 +176,6 @@ def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
     manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
     assert list(manager.all_steps()) == [8]  # nothing started over, nothing saved
     manager.close()
+  # The refused run left the workdir's config.json alone: the run still restores as it was trained.
+  config, _, params, _ = train.restore_trained(str(tmp_path))
+  assert tuple(config.model.kwargs.encoder_features) == (32, 3) and params["encoder"]["dense_0"]["kernel"].shape == (784, 32)

@@ -1,0 +1,32 @@
+"""Reports run from a workdir alone and write what they promise."""
+
+import os
+
+import numpy as np
+
+from experiments import report, vae_report
+from experiments.configs import vae
+from jaxae import metrics, train
+
+
+def test_vae_report_figures_and_iwae_bound(idx_dir, tmp_path):
+  config = vae.get_config("bernoulli,smoke")
+  config.data.source, config.data.data_dir = "idx", idx_dir
+  config.data.train_subset, config.data.test_subset = 128, 20
+  config.model.kwargs.encoder_features, config.model.kwargs.decoder_features = (16,), (16, 784)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  numbers = vae_report.report(workdir, figures_dir=str(tmp_path / "fig"), num_samples=50)
+  assert sorted(os.listdir(tmp_path / "fig")) == ["interpolation.png", "prior_samples.png",
+                                                  "reconstructions_by_epoch.png"]
+  assert numbers["test_loss"] == metrics.read_metrics(workdir)[-1]["test/loss"]
+  # The bound on -log p(x) lies below the negative ELBO (a sampled estimate, so allow a little).
+  assert np.isfinite(numbers["iwae_nll"]) and numbers["iwae_nll"] < numbers["test_loss"] + 1.0, numbers
+
+
+def test_code_interpretation_sets_one_dimension_to_its_maximum():
+  codes = np.array([[0.0, 2.0, 1.0], [4.0, 0.0, 1.0], [2.0, 1.0, 7.0]])
+  got = report.code_interpretation(codes)
+  mean, top = codes.mean(0), codes.max(0)
+  for i in range(3):
+    np.testing.assert_allclose(got[i], np.where(np.arange(3) == i, top, mean))
