@@ -32,6 +32,13 @@ def code_interpretation(codes: np.ndarray) -> np.ndarray:
   return mean
 
 
+def code_stats(codes: np.ndarray, *, threshold: float = 0.01) -> str:
+  """How sparse codes [N, K] are: mean |h|, and the share of activations and of units near zero."""
+  mags = np.abs(codes)
+  return (f"code: {codes.shape[1]} units, mean |h| {mags.mean():.4f}; {100 * np.mean(mags < threshold):.1f}% of "
+          f"activations and {100 * np.mean(mags.mean(0) < threshold):.1f}% of units (mean |h|) below {threshold}")
+
+
 def display_offset(config) -> np.ndarray | float:
   """What the data had subtracted, to add back for display: the mean training image for "centered"."""
   if config.data.scaling != "centered":
@@ -68,6 +75,11 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
   save(figures.image_rows([show(x), show(recon)], row_titles=["input", "recon"], value_range=value_range),
        "reconstructions.png")
   if config.corruption.name:
+    _, loss_fn, _ = train.build_from_config(config)
+    denoising = train.make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, test.x.shape[0]),
+                                corrupt=train.build_corruption(config))(params, test.x)
+    print(f"denoising test loss (corrupted input, clean target): {denoising['loss']:.5f}, "
+          f"MSE per pixel {denoising['mse']:.5f}")
     noisy = np.asarray(train.build_corruption(config)(jax.random.PRNGKey(1), x))
     save(figures.image_rows([show(noisy), show(apply(noisy)["recon"]), show(x)],
                             row_titles=["noisy input", "cleaned", "clean"], value_range=value_range), "denoising.png")
@@ -79,6 +91,7 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
   if codes.shape[-1] == 3:
     save(figures.code_scatter_3d(codes, labels, title=f"Test codes ({len(codes)} digits)"), "codes_3d.png")
   if codes.shape[-1] >= 8:
+    print(code_stats(codes))
     save(figures.unit_activity(np.abs(codes).mean(0), title=f"Mean |h_j| of each of the {codes.shape[-1]} code "
                                f"units over the test set ({', '.join(config.loss)})"), "code_activity.png")
   if 8 <= codes.shape[-1] <= 64 and config.model.name != "vae":

@@ -85,17 +85,20 @@ def make_train_chunk(train_step: Callable) -> Callable:
   return chunk
 
 
-def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None) -> Callable:
+def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None,
+              corrupt: Callable | None = None) -> Callable:
   """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
 
-  Stochastic terms and a VAE's latent sample draw from `key` folded with the batch index (the same
-  draws at every evaluation); dropout is off."""
+  Stochastic terms, a VAE's latent sample and the denoising corruption (`corrupt`, as in training:
+  the model sees corrupt(x), the target is x) draw from `key` folded with the batch index, the same
+  draws at every evaluation; dropout is off."""
   key = jax.random.PRNGKey(0) if key is None else key
 
   def batch_metrics(params, x, i):
-    latent_key, loss_key = jax.random.split(jax.random.fold_in(key, i))
-    out = model.apply({"params": params}, x, rngs={"latent": latent_key})
-    _, metrics = loss_fn(objective.LossInputs(x, x, out, params, bind_encode(model, params), loss_key))
+    latent_key, loss_key, noise_key = jax.random.split(jax.random.fold_in(key, i), 3)
+    x_in = x if corrupt is None else corrupt(noise_key, x)
+    out = model.apply({"params": params}, x_in, rngs={"latent": latent_key})
+    _, metrics = loss_fn(objective.LossInputs(x, x_in, out, params, bind_encode(model, params), loss_key))
     return {"mse": objective.mse(objective.LossInputs(x, x, out, params, None)), **metrics}
 
   @functools.partial(jax.jit, static_argnums=2)
@@ -263,9 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
-  chunk = make_train_chunk(make_train_step(model, loss_fn, build_corruption(config)))
+  corrupt = build_corruption(config)
+  chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt))
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
-                       key=eval_key)
+                       key=eval_key, corrupt=corrupt)
   try:
     with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
       for epoch in range(start // steps_per_epoch, config.epochs):

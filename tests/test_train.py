@@ -76,6 +76,15 @@ def test_eval_averages_over_uneven_batches(key):
   np.testing.assert_allclose(got["loss"], got["squared_error"] + 0.5 * got["bce"], rtol=1e-5)
 
 
+def test_eval_of_a_denoiser_feeds_the_corrupted_input_and_scores_the_clean_target(key):
+  model, loss_fn, state, data_x, _ = _setup(key, loss={"squared_error": 1.0})
+  x = data_x[:50]
+  shift = lambda k, xb: xb + 0.25  # a deterministic "corruption", to check the plumbing exactly
+  got = train.make_eval(model, loss_fn, batch_size=20, corrupt=shift)(state.params, x)
+  r = np.asarray(model.apply({"params": state.params}, x + 0.25)["recon"], np.float64)
+  np.testing.assert_allclose(got["squared_error"], ((r - np.asarray(x, np.float64)) ** 2).sum(-1).mean(), rtol=1e-5)
+
+
 def test_sgd_and_weight_decay_as_pytorch(key):
   params = {"w": jax.random.normal(key, (3,))}
   grads = {"w": jnp.ones(3)}
