@@ -76,11 +76,12 @@ def make_figures(workdir: str, *, num_images: int = 10, out_dir: str = "") -> li
        "reconstructions.png")
   if config.corruption.name:
     _, loss_fn, _ = train.build_from_config(config)
+    corrupt = train.build_corruption(config)
     denoising = train.make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, test.x.shape[0]),
-                                corrupt=train.build_corruption(config))(params, test.x)
+                                corrupt=corrupt)(params, test.x)
     print(f"denoising test loss (corrupted input, clean target): {denoising['loss']:.5f}, "
           f"MSE per pixel {denoising['mse']:.5f}")
-    noisy = np.asarray(train.build_corruption(config)(jax.random.PRNGKey(1), x))
+    noisy = np.asarray(corrupt(jax.random.PRNGKey(1), x))
     save(figures.image_rows([show(noisy), show(apply(noisy)["recon"]), show(x)],
                             row_titles=["noisy input", "cleaned", "clean"], value_range=value_range), "denoising.png")
   codes = np.asarray(jax.lax.map(apply, test.x, batch_size=500)["code"]).reshape(test.x.shape[0], -1)

@@ -249,19 +249,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)
-  try:
-    state = checkpoint.restore_latest(manager, state)
-  except UserError:
+  try:  # one way out for every path: pending saves written, the manager closed
+    return _resume_and_train(config, workdir, manager, state, splits, model, loss_fn,
+                             data_key=data_key, step_key=step_key, eval_key=eval_key)
+  finally:
+    manager.wait_until_finished()
     manager.close()
-    raise
+
+
+def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *, data_key, step_key, eval_key):
+  """Restores the latest checkpoint into `state`, then trains epoch by epoch to config.epochs."""
+  state = checkpoint.restore_latest(manager, state)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # only once resuming is allowed
     f.write(config.to_json_best_effort(indent=2))
+  n_train = splits["train"].x.shape[0]
   steps_per_epoch = n_train // config.batch_size
-  total_steps = config.epochs * steps_per_epoch
   start = int(state.step)
-  if start >= total_steps:
+  if start >= config.epochs * steps_per_epoch:
     print(f"Run already complete: {start} steps = {config.epochs} epochs in {workdir}.")
-    manager.close()
     return state
   if start:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
@@ -270,42 +275,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt))
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
                        key=eval_key, corrupt=corrupt)
-  try:
-    with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
-      for epoch in range(start // steps_per_epoch, config.epochs):
-        t0 = time.perf_counter()
-        idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
-        idx = idx[int(state.step) - epoch * steps_per_epoch:]
-        with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
-                  desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
-          state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
-                                   chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
-        if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
-          check_params_finite(state.params, epoch=epoch + 1)
-          checkpoint.save(manager, state)
-          _say_stopped(state, steps_per_epoch, workdir)
-          break
-        train = mean_metrics(steps)
-        epoch_s = time.perf_counter() - t0
-        n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
-        record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
-                  **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
-                  **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
-                  "time/epoch_s": epoch_s}
-        writer.write(int(state.step), record)
-        check_finite(record, epoch=epoch + 1)
+  with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
+    for epoch in range(start // steps_per_epoch, config.epochs):
+      t0 = time.perf_counter()
+      idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
+      idx = idx[int(state.step) - epoch * steps_per_epoch:]
+      with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
+                desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
+        state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
+                                 chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
+      if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
         check_params_finite(state.params, epoch=epoch + 1)
-        if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
-          checkpoint.save(manager, state)
-        tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "
-                   f"test loss {record['test/loss']:.5f}  test mse {record['test/mse']:.6f}  "
-                   f"{epoch_s:.1f}s")
-        if sigterm["stop"]:
-          _say_stopped(state, steps_per_epoch, workdir)
-          break
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+        checkpoint.save(manager, state)
+        _say_stopped(state, steps_per_epoch, workdir)
+        break
+      train = mean_metrics(steps)
+      epoch_s = time.perf_counter() - t0
+      n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
+      record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
+                **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
+                **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
+                "time/epoch_s": epoch_s}
+      writer.write(int(state.step), record)
+      check_finite(record, epoch=epoch + 1)
+      check_params_finite(state.params, epoch=epoch + 1)
+      if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
+        checkpoint.save(manager, state)
+      tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "
+                 f"test loss {record['test/loss']:.5f}  test mse {record['test/mse']:.6f}  "
+                 f"{epoch_s:.1f}s")
+      if sigterm["stop"]:
+        _say_stopped(state, steps_per_epoch, workdir)
+        break
   return state
 
 

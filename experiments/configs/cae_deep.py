@@ -9,22 +9,13 @@ jacfwd here), Adam 1e-3, batch 20, 30 epochs (S6's settings).
 Cost: see the README's contractive section (bench_penalty.py times its step).
 """
 
-from experiments.configs import default
+from experiments.configs import default, stacked_tied
 
 
 def get_config(arg: str | None = None):
-  c = default.get_config()
-  c.data.scaling = "centered"
-  c.model.name = "tied"
-  c.model.kwargs.input_dim = 784
-  c.model.kwargs.features = (256, 256, 64, 32)
-  c.model.kwargs.activation = "tanh"
-  c.model.kwargs.output_activation = "linear"
-  c.model.kwargs.kernel_init = "experiments.initializers:glorot_uniform"
+  c = stacked_tied.get_config()  # S6's net, data and training, plus the exact penalty
   c.loss = {"squared_error": 1.0, "contractive": 0.1}
   c.loss_options = {"contractive": {"mode": "auto"}}  # jacrev here: K = 32 <= 784 / 16
-  c.batch_size = 20
-  c.epochs = 30
   c.chunk_steps = 100
   if arg == "smoke":
     default.shrink(c, train_subset=80, test_subset=40, epochs=1, chunk_steps=2)

@@ -22,7 +22,11 @@ input noise, std 0.3, clean target). These settings are ours, not tuned. `:smoke
 from experiments.configs import default
 
 
+VARIANTS = ("cae", "ae", "ae_wd", "dae")
+
+
 def get_config(arg: str | None = None):
+  variant, smoke = default.variant(arg, VARIANTS)
   c = default.get_config()
   c.dtype = "float64"
   c.data.source = "idx"
@@ -44,11 +48,6 @@ def get_config(arg: str | None = None):
   c.epochs = 20
   c.chunk_steps = 500
   c.log_first_steps = 2
-  variant, _, size = (arg or "cae").partition(",")
-  if variant == "smoke":
-    variant, size = "cae", "smoke"
-  if variant not in ("cae", "ae", "ae_wd", "dae"):
-    raise ValueError(f"Unknown cae_theano variant {variant!r}; known: cae, ae, ae_wd, dae.")
   if variant != "cae":
     c.loss = {"bce": 1.0}
     c.loss_options = {}
@@ -57,6 +56,6 @@ def get_config(arg: str | None = None):
   if variant == "dae":
     c.corruption.name = "gaussian"
     c.corruption.options = {"std": 0.3}
-  if size == "smoke":
+  if smoke:
     default.shrink(c, train_subset=200, test_subset=100, epochs=2, chunk_steps=10)
   return c
