@@ -14,7 +14,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wron
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import report  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxae import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxae import parallel, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxae.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
@@ -54,6 +54,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  parallel.initialize_distributed()  # several hosts: when JAX_COORDINATOR_ADDRESS is set
   workdir = flags.FLAGS.workdir
   try:
     train.train_and_evaluate(flags.FLAGS.config, workdir)

@@ -14,7 +14,7 @@ from jaxae.errors import UserError
 
 # Config fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
-                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download")
+                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices")
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -113,8 +113,9 @@ def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> Non
   with open(path, encoding="utf-8") as f:
     old = _flatten(json.load(f))
   new = _flatten(json.loads(config_json))
+  # A field the old run did not have yet, set to an "off" value ("", 0, False), is the behaviour it ran with.
   changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k)]
+             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k) and (k in old or new.get(k))]
   if changed:
     raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
                     "or pass --config.allow_config_change=True to resume it with the new values.")

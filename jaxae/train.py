@@ -19,7 +19,7 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxae import checkpoint, corruption, data, models, objective
+from jaxae import checkpoint, corruption, data, models, objective, parallel
 from jaxae.errors import UserError
 from jaxae.metrics import MetricWriter, check_finite, check_params_finite, mean_metrics
 
@@ -48,7 +48,8 @@ def bind_encode(model: nn.Module, params) -> Callable[[jax.Array], jax.Array]:
   return lambda x: model.apply({"params": params}, x, method="encode")
 
 
-def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | None = None) -> Callable:
+def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | None = None, *,
+                    compute_dtype: str = "") -> Callable:
   """(state, batch [B, D], step_key) -> (state, metrics): one gradient step on `loss_fn`.
 
   The step's randomness is `fold_in(step_key, state.step)`, so a resumed run replays it exactly.
@@ -58,14 +59,21 @@ def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | Non
     model: a jaxae model (encode / decode / __call__ returning a dict).
     loss_fn: LossInputs -> (loss, metrics), e.g. `objective.from_weights(...)`.
     corrupt: optional (key, x) -> x_noisy applied to the input only (denoising); targets stay clean.
+    compute_dtype: "bfloat16" runs the model's forward and backward pass in bfloat16 on a bfloat16
+      copy of the parameters; the parameters, optimizer state, outputs fed to the loss terms and the
+      Jacobian penalties stay in the parameters' dtype. "" computes in the parameters' dtype.
   """
+  cast = (lambda tree: tree) if not compute_dtype else (
+      lambda tree: jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), tree))
+
   def step(state: TrainState, batch: jax.Array, step_key: jax.Array):
     noise_key, latent_key, dropout_key, loss_key = jax.random.split(jax.random.fold_in(step_key, state.step), 4)
     x_in = batch if corrupt is None else corrupt(noise_key, batch)
 
     def loss(params):
-      out = model.apply({"params": params}, x_in, train=True,
+      out = model.apply({"params": cast(params)}, cast(x_in), train=True,
                         rngs={"latent": latent_key, "dropout": dropout_key})
+      out = jax.tree_util.tree_map(lambda a: a.astype(batch.dtype), out)
       return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params), loss_key))
 
     grads, metrics = jax.grad(loss, has_aux=True)(state.params)
@@ -73,15 +81,16 @@ def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | Non
   return step
 
 
-def make_train_chunk(train_step: Callable) -> Callable:
+def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Jitted (state, data_x [N, D], idx [S, B], step_key) -> (state, metrics [S]).
 
   Runs S steps as one `lax.scan`; each batch is gathered on the device from `data_x` by index, so
-  there is no Python and no host transfer per step. The state is donated.
+  there is no Python and no host transfer per step. The state is donated. With a `mesh` (state and
+  data replicated over it, see jaxae.parallel) each batch is split over its "data" axis.
   """
   @functools.partial(jax.jit, donate_argnums=0)
   def chunk(state, data_x, idx, step_key):
-    return jax.lax.scan(lambda s, i: train_step(s, data_x[i], step_key), state, idx)
+    return jax.lax.scan(lambda s, i: train_step(s, parallel.shard_batch(data_x[i], mesh), step_key), state, idx)
   return chunk
 
 
@@ -200,6 +209,9 @@ def set_dtype(config: ml_collections.ConfigDict) -> None:
   """float64 runs need JAX's 64-bit mode, switched on before any array is made."""
   if config.dtype not in DTYPES:
     raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
+  if config.compute_dtype not in ("", "bfloat16", "float32"):
+    raise UserError(f"Unknown compute_dtype {config.compute_dtype!r}; known: '' (the parameters' dtype), "
+                    "'bfloat16', 'float32'.")
   if config.dtype == "float64":
     jax.config.update("jax_enable_x64", True)
 
@@ -272,7 +284,10 @@ def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
   corrupt = build_corruption(config)
-  chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt))
+  mesh = parallel.make_mesh(config.num_devices)
+  parallel.check_batch_size(config.batch_size, mesh)
+  state, train_x = parallel.replicate((state, splits["train"].x), mesh)
+  chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt, compute_dtype=config.compute_dtype), mesh)
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
                        key=eval_key, corrupt=corrupt)
   with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
@@ -282,7 +297,7 @@ def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *
       idx = idx[int(state.step) - epoch * steps_per_epoch:]
       with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
                 desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
-        state, steps = run_steps(chunk, state, splits["train"].x, idx, step_key,
+        state, steps = run_steps(chunk, state, train_x, idx, step_key,
                                  chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
       if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
         check_params_finite(state.params, epoch=epoch + 1)

@@ -62,6 +62,23 @@ def test_step_lowers_the_loss_on_a_fixed_batch(key):
   assert float(m["loss"]) < 0.3 * float(first["loss"])
 
 
+def test_bfloat16_compute_trains_with_float32_parameters(key):
+  model, loss_fn, state, data_x, step_key = _setup(key, loss={"squared_error": 1.0})
+  batch = data_x[:16]
+  f32 = jax.jit(train.make_train_step(model, loss_fn))
+  bf16 = jax.jit(train.make_train_step(model, loss_fn, compute_dtype="bfloat16"))
+  _, m32 = f32(state, batch, step_key)
+  _, first = bf16(state, batch, step_key)
+  rel = abs(float(first["loss"]) - float(m32["loss"])) / float(m32["loss"])
+  assert 0 < rel < 2e-2, rel  # computed in bfloat16 (not bitwise float32), to bfloat16's precision
+  for _ in range(50):
+    state, m = bf16(state, batch, step_key)
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.opt_state) if hasattr(p, "dtype")
+             and jnp.issubdtype(p.dtype, jnp.floating))
+  assert m["loss"].dtype == jnp.float32 and float(m["loss"]) < 0.3 * float(first["loss"])
+
+
 def test_eval_averages_over_uneven_batches(key):
   model, loss_fn, state, data_x, _ = _setup(key, loss={"squared_error": 1.0, "bce": 0.5})
   x = data_x[:90]  # 90 = 2 batches of 40 + 10
@@ -128,6 +145,8 @@ def test_checkpoints_keep_the_last_k(make_config, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("batch_size", 10_000, "batch_size=10000 is larger than the 512 training examples"),
     ("epochs", 0, "config.epochs must be a positive integer, got 0"),
+    ("compute_dtype", "float16", "Unknown compute_dtype 'float16'; known: '' .*'bfloat16'"),
+    ("num_devices", 99, "config.num_devices=99, but 1 device"),
 ])
 def test_bad_config_values(make_config, tmp_path, field, value, message):
   with pytest.raises(UserError, match=message):
@@ -190,3 +209,14 @@ def test_model_that_cannot_take_the_data(make_config, tmp_path, kwargs, message)
   config.model.kwargs.update(kwargs)
   with pytest.raises(UserError, match=message):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_field_added_since_the_run_resumes_when_off(tmp_path):
+  """Workdirs written before a config field existed resume while the field keeps its "off" value."""
+  (tmp_path / "checkpoints" / "8").mkdir(parents=True)
+  (tmp_path / "config.json").write_text('{"seed": 0, "model": {"name": "dense"}}')
+  checkpoint.refuse_changed_config(str(tmp_path), '{"seed": 0, "model": {"name": "dense"}, "compute_dtype": ""}',
+                                   allow=False)
+  with pytest.raises(UserError, match=r"compute_dtype: None -> 'bfloat16'"):
+    checkpoint.refuse_changed_config(str(tmp_path), '{"seed": 0, "model": {"name": "dense"}, '
+                                     '"compute_dtype": "bfloat16"}', allow=False)

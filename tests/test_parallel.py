@@ -1,0 +1,78 @@
+"""Data parallelism on 8 fake CPU devices (a subprocess: the device count is fixed when jax starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxae import parallel
+from jaxae.errors import UserError
+from tests.conftest import ROOT
+
+SCRIPT = r'''
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxae import models, objective, parallel, train
+from jaxae.errors import UserError
+from tests.conftest import tiny_config
+
+assert jax.device_count() == 8, jax.devices()
+out = {}
+model = models.build("dense", encoder_features=(16, 3), decoder_features=(16, 20))
+loss_fn = objective.from_weights({"bce": 1.0, "contractive": 0.1})
+key = jax.random.PRNGKey(0)
+data_x = jax.random.uniform(key, (64, 20))
+idx = jnp.arange(64).reshape(4, 16)  # 4 steps, global batch 16
+final = {}
+for n in (1, 8):
+  mesh = parallel.make_mesh(n)
+  state = train.create_state(key, model, train.make_optimizer("adam", learning_rate=1e-2), data_x[0])
+  state, x = parallel.replicate((state, data_x), mesh)
+  chunk = train.make_train_chunk(train.make_train_step(model, loss_fn, lambda k, b: b + 0.01 * jax.random.normal(k, b.shape)), mesh)
+  hlo = chunk.lower(state, x, idx, key).compile().as_text()
+  state, metrics = chunk(state, x, idx, key)
+  final[n] = (jax.device_get(state.params), np.asarray(metrics["loss"]))
+  out[f"all_reduce_{n}"] = "all-reduce" in hlo
+  out[f"param_devices_{n}"] = len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set)
+diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b) / (np.abs(b) + 1e-3))), final[8][0], final[1][0])
+out["max_param_rel_diff"] = max(jax.tree_util.tree_leaves(diffs))
+out["max_loss_rel_diff"] = float(np.max(np.abs(final[8][1] - final[1][1]) / final[1][1]))
+try:
+  parallel.check_batch_size(100, parallel.make_mesh(8))
+except UserError as e:
+  out["batch_error"] = str(e)
+# The whole pipeline: train_and_evaluate on all 8 devices against --config.num_devices=1.
+ends = {}
+for n in (1, 8):
+  c = tiny_config(sys.argv[1], num_devices=n, epochs=1)
+  ends[n] = jax.device_get(train.train_and_evaluate(c, f"{sys.argv[2]}/run{n}").params)
+out["e2e_max_abs_diff"] = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+    lambda a, b: float(np.max(np.abs(a - b))), ends[8], ends[1])))
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_eight_devices_match_one_device_and_refuse_uneven_batches(idx_dir, tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, idx_dir, str(tmp_path)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  print(out)
+  assert out["all_reduce_8"] and not out["all_reduce_1"], out  # XLA split the batch and summed gradients
+  assert out["param_devices_8"] == 8 and out["param_devices_1"] == 1, out  # parameters replicated
+  assert out["max_loss_rel_diff"] < 1e-5 and out["max_param_rel_diff"] < 1e-4, out  # float reordering only
+  assert out["e2e_max_abs_diff"] < 1e-5, out
+  assert "config.batch_size=100 does not divide over the 8 devices" in out["batch_error"], out
+  assert "use a multiple of 8 (e.g. 96 or 104)" in out["batch_error"], out
+
+
+def test_one_device_mesh_and_bad_device_count():
+  mesh = parallel.make_mesh(0)
+  assert mesh.devices.size == jax.device_count() and mesh.axis_names == ("data",)
+  parallel.check_batch_size(7, parallel.make_mesh(1))  # anything divides over one device
+  with pytest.raises(UserError, match="config.num_devices=99, but 1 device"):
+    parallel.make_mesh(99)
