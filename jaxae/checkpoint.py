@@ -14,7 +14,7 @@ from jaxae.errors import UserError
 
 # Config fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
-                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices")
+                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll")
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:

@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
   c.loss_options = {"contractive": {"mode": "auto", "examples_per_pass": 16}}
   c.batch_size = 128
   c.epochs = 10
-  c.chunk_steps = 20
+  c.chunk_steps = c.scan_unroll = 10  # no loop around the convolutions: 8x faster on XLA:CPU
   if arg == "smoke":
     default.shrink(c, train_subset=4, test_subset=2, batch_size=2, epochs=1, chunk_steps=2)
   return c

@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.epochs = 20
   c.shuffle = True                # False: batches in the data's own order
   c.chunk_steps = 100             # steps per compiled scan call (progress-bar granularity)
+  c.scan_unroll = 1               # steps per loop iteration of that scan (conv configs: the whole chunk, for XLA:CPU)
   c.eval_batch_size = 1000
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 3

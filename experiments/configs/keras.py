@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
     c.model.kwargs = {}
     c.batch_size = 128
     c.eval_batch_size = 500
+    c.chunk_steps = c.scan_unroll = 12  # no loop around the convolutions: 8x faster on XLA:CPU
   if variant == "denoise":
     c.batch_size = 128
     c.corruption.name = "gaussian"

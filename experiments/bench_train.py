@@ -1,0 +1,102 @@
+"""How fast each seed config trains, against the machine's own dense-matmul peak measured in the same run.
+
+  python -m experiments.bench_train [--configs=undercomplete.py,keras.py:dense,...] [--steps=50] \
+      [--num_devices=0]
+
+For every config: the train chunk (its steps as one lax.scan, as in training) on random data of the
+config's batch size, in float32. Compile time apart; then the median of repeated chunks
+(block_until_ready) gives steps/s and examples/s; each config's own scan_unroll is used. FLOPs per step come from XLA's cost analysis of one
+compiled step; achieved GFLOP/s over the peak of an n x n float32 matmul timed the same way.
+Prints a Markdown table with the device named.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from jaxae import parallel, train
+
+flags.DEFINE_list("configs", ["undercomplete.py", "sparse.py:l1", "vae.py:bernoulli", "keras.py:dense",
+                              "keras.py:deep", "keras.py:denoise", "keras.py:conv", "cae_theano.py",
+                              "stacked_tied.py", "cae_deep.py"], "CONFIG[:VARIANT] files of experiments/configs.")
+flags.DEFINE_integer("steps", 50, "Steps per timed chunk (configs that unroll their scan take their own chunk_steps).")
+flags.DEFINE_integer("repeats", 5, "Timed chunks per config (the median is reported).")
+flags.DEFINE_integer("num_devices", 0, "Devices of the data-parallel mesh (0 = all).")
+flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul that measures the peak.")
+FLAGS = flags.FLAGS
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall time of fn() (which must block until its result is ready)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def matmul_peak(n: int, repeats: int) -> float:
+  """FLOP/s of an n x n float32 matmul on the default device."""
+  a, b = jax.random.normal(jax.random.PRNGKey(0), (2, n, n), jnp.float32)
+  mm = jax.jit(jnp.dot).lower(a, b).compile()
+  jax.block_until_ready(mm(a, b))
+  return 2 * n ** 3 / median_seconds(lambda: jax.block_until_ready(mm(a, b)), repeats)
+
+
+def bench_config(spec: str, mesh, steps: int, repeats: int) -> dict:
+  """Times one config's scanned train chunk; returns the row's numbers."""
+  name, _, variant = spec.removesuffix(".py").partition(".py:")
+  config = importlib.import_module(f"experiments.configs.{name}").get_config(variant or None)
+  config.dtype = "float32"  # float64 configs (cae_theano) are timed in float32 too
+  if "param_dtype" in config.model.kwargs:
+    config.model.kwargs.param_dtype = "float32"
+  model, loss_fn, tx = train.build_from_config(config)
+  steps = config.chunk_steps if config.scan_unroll > 1 else steps
+  key = jax.random.PRNGKey(0)
+  batch = config.batch_size
+  x = jax.random.uniform(key, (steps * batch, 784), jnp.float32)
+  state = train.create_state(key, model, tx, x[0])
+  state, x = parallel.replicate((state, x), mesh)
+  idx = jnp.arange(steps * batch).reshape(steps, batch)
+  step_fn = train.make_train_step(model, loss_fn, train.build_corruption(config),
+                                  compute_dtype=config.compute_dtype)
+  flops = jax.jit(step_fn).lower(state, x[:batch], key).compile().cost_analysis()
+  flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+  chunk = train.make_train_chunk(step_fn, mesh, unroll=config.scan_unroll)
+  t0 = time.perf_counter()
+  compiled = chunk.lower(state, x, idx, key).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {"state": jax.block_until_ready(compiled(state, x, idx, key)[0])}
+
+  def run():
+    holder["state"] = jax.block_until_ready(compiled(holder["state"], x, idx, key)[0])
+  per_step = median_seconds(run, repeats) / steps
+  return {"config": spec, "batch": batch, "compile_s": compile_s, "steps_s": 1 / per_step,
+          "examples_s": batch / per_step, "gflop_step": flops / 1e9, "gflops": flops / per_step / 1e9}
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  mesh = parallel.make_mesh(FLAGS.num_devices)
+  device = jax.devices()[0]
+  peak = matmul_peak(FLAGS.matmul_n, FLAGS.repeats)
+  print(f"device: {mesh.devices.size} x {device.device_kind} ({device.platform}), jax {jax.__version__}; "
+        f"float32 matmul {FLAGS.matmul_n}^3 peak {peak / 1e9:.1f} GFLOP/s\n")
+  print("| config | batch | compile s | steps/s | examples/s | GFLOP/step (XLA) | GFLOP/s | of matmul peak |")
+  print("|---|---|---|---|---|---|---|---|")
+  for spec in FLAGS.configs:
+    r = bench_config(spec, mesh, FLAGS.steps, FLAGS.repeats)
+    print(f"| {r['config']} | {r['batch']} | {r['compile_s']:.2f} | {r['steps_s']:.1f} | {r['examples_s']:.0f} | "
+          f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {100 * r['gflops'] * 1e9 / peak:.0f}% |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
