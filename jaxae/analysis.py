@@ -1,11 +1,21 @@
-"""Analyses of a trained encoder: Jacobian spectra and norms, contraction ratios (Rifai et al., 2011)."""
+"""Analyses of a trained encoder: Jacobian spectra and norms, contraction ratios (Rifai et al., 2011),
+the IWAE bound, linear probes, PCA and anomaly scores."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from jaxae import losses
 
@@ -116,3 +126,68 @@ def iwae_bound(key: jax.Array, posterior: Callable, decoder_logits: Callable, x:
 
   total, _ = jax.lax.scan(body, jnp.full(x.shape[:1], -jnp.inf, x.dtype), jnp.arange(passes))
   return total - jnp.log(num_samples)
+
+
+# Features, PCA and anomaly scores: what researchers do with a trained encoder (README, "Uses").
+
+def batched(fn: Callable, x: jax.Array, *, batch_size: int = 1000) -> np.ndarray:
+  """fn (jitted here) applied to x [N, ...] `batch_size` rows at a time, concatenated on the host."""
+  fn = jax.jit(fn)
+  return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)])
+
+
+def linear_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray,
+                 test_labels: np.ndarray, *, max_iter: int = 500) -> float:
+  """Test error of a multinomial logistic regression (scikit-learn, L2 with C=1, features
+  standardised on the training codes) fitted on the training codes: how linearly the codes separate
+  the classes."""
+  probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)  # the error is reported either way
+    probe.fit(np.asarray(train_codes, np.float64), np.asarray(train_labels))
+  return float(np.mean(probe.predict(np.asarray(test_codes, np.float64)) != np.asarray(test_labels)))
+
+
+def pca(train_x: np.ndarray, test_x: np.ndarray, num_components: int) -> dict[str, np.ndarray]:
+  """scikit-learn PCA fitted on train_x [N, D]: codes of both splits [., K] and the test
+  reconstructions [M, D] from K components (the linear autoencoder with the least squared error)."""
+  fitted = PCA(num_components, svd_solver="full").fit(np.asarray(train_x, np.float64))
+  test_codes = fitted.transform(np.asarray(test_x, np.float64))
+  return {"train_codes": fitted.transform(np.asarray(train_x, np.float64)), "test_codes": test_codes,
+          "test_recon": fitted.inverse_transform(test_codes)}
+
+
+def auroc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float:
+  """Area under the ROC curve for telling anomalous from normal examples by score (higher = more
+  anomalous): the probability that a random anomaly scores above a random normal example, ties
+  counted half. 0.5 is chance, 1.0 perfect."""
+  scores = np.concatenate([normal_scores, anomalous_scores])
+  is_anomaly = np.concatenate([np.zeros(len(normal_scores)), np.ones(len(anomalous_scores))])
+  return float(roc_auc_score(is_anomaly, scores))
+
+
+def reconstruction_scores(model: nn.Module, params, x: jax.Array, *, batch_size: int = 1000) -> np.ndarray:
+  """Per-example reconstruction error [N], the anomaly score: cross-entropy summed over pixels for
+  models with a sigmoid output (their training loss), else the squared error summed over pixels."""
+  def score(xb):
+    out = model.apply({"params": params}, xb)
+    if "logits" in out:
+      return losses.bce_with_logits(out["logits"], xb)
+    return losses.squared_error(out["recon"], xb)
+  return batched(score, x, batch_size=batch_size)
+
+
+def neg_elbo_scores(key: jax.Array, model: nn.Module, params, x: jax.Array, *, num_samples: int = 10,
+                    batch_size: int = 1000) -> np.ndarray:
+  """Per-example -ELBO [N] of a Bernoulli-decoder VAE (mean of `num_samples` log weights), in nats:
+  the VAE's anomaly score."""
+  posterior = lambda xb: model.apply({"params": params}, xb, method="posterior")
+  decoder_logits = lambda z: model.apply({"params": params}, z, method="decoder_logits")
+  return batched(lambda xb: -vae_log_weights(key, posterior, decoder_logits, xb, num_samples=num_samples).mean(0),
+                 x, batch_size=batch_size)
+
+
+def rotate(x: np.ndarray, *, quarter_turns: int = 1, shape: tuple[int, int] = (28, 28)) -> np.ndarray:
+  """Flattened images [N, H*W] turned by quarter_turns * 90 degrees (exact; no interpolation)."""
+  images = np.asarray(x).reshape(-1, *shape)
+  return np.rot90(images, quarter_turns, axes=(1, 2)).reshape(len(images), -1)

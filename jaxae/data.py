@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -108,7 +109,7 @@ class Split(NamedTuple):
 
 def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int = 0,
                test_subset: int = 0, data_dir: str = "", download: bool = True,
-               dtype=jnp.float32) -> dict[str, Split]:
+               train_classes: Sequence[int] = (), dtype=jnp.float32) -> dict[str, Split]:
   """Both MNIST splits, preprocessed, as device arrays.
 
   Args:
@@ -117,6 +118,8 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
     train_subset, test_subset: keep the first N examples of the split (0 keeps all).
     data_dir: TFDS data dir or IDX folder ("" = the default: TFDS_DATA_DIR, or JAXAE_IDX_DIR).
     download: let TFDS download MNIST when it is missing.
+    train_classes: keep only training images of these digits (after `train_subset`; () keeps all);
+      the test split stays whole (anomaly detection trains on 0-8 and scores the 9s).
     dtype: float dtype of the images on the device.
 
   Returns:
@@ -138,6 +141,12 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
       images, labels = load_idx(directory, split)
     if n:
       images, labels = images[:n], labels[:n]
+    if split == "train" and len(train_classes):
+      unknown = sorted(set(train_classes) - set(range(10)))
+      if unknown:
+        raise UserError(f"data.train_classes holds {unknown}, which are not MNIST digits; give digits 0-9.")
+      keep = np.isin(labels, np.asarray(train_classes))
+      images, labels = images[keep], labels[keep]
     raw[split] = images, labels
   mean = raw["train"][0].reshape(len(raw["train"][0]), -1).mean(0) / 255.0 if scaling == "centered" else None
   splits = {}

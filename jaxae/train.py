@@ -228,7 +228,7 @@ def load_data(config: ml_collections.ConfigDict) -> dict[str, data.Split]:
   d = config.data
   return data.load_mnist(source=d.source, scaling=d.scaling, train_subset=d.train_subset,
                          test_subset=d.test_subset, data_dir=d.data_dir, download=d.download,
-                         dtype=jnp.dtype(config.dtype))
+                         train_classes=tuple(d.get("train_classes", ())), dtype=jnp.dtype(config.dtype))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:

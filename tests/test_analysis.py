@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxae import analysis, losses, models
 
@@ -73,3 +74,73 @@ def test_iwae_passes_combine_to_one_log_mean_exp(key, x64):
   lw = jnp.concatenate([analysis.vae_log_weights(jax.random.fold_in(key, i), posterior, logits, x, num_samples=3)
                         for i in range(3)])[:7]
   chex.assert_trees_all_close(got, jax.nn.logsumexp(lw, axis=0) - jnp.log(7.0), rtol=1e-12)
+
+
+def test_linear_probe_reaches_the_bayes_error_of_two_gaussians():
+  # Classes N(-1, 1) and N(+1, 1) in the first coordinate, pure noise in the other four: the Bayes
+  # error is Phi(-1) = 0.1587; a linear probe on 20,000 points reaches it to sampling error.
+  rng = np.random.default_rng(0)
+  def sample(n):
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 5))
+    x[:, 0] += 2.0 * y - 1.0
+    return x, y
+  err = analysis.linear_probe(*sample(20_000), *sample(20_000))
+  assert abs(err - 0.15866) < 0.008, err
+  x, y = sample(2_000)
+  assert abs(analysis.linear_probe(x, rng.permutation(y), *sample(2_000)) - 0.5) < 0.05  # labels unrelated
+
+
+def test_pca_reconstruction_error_is_the_sum_of_the_discarded_eigenvalues(key):
+  x = np.asarray(jax.random.normal(key, (500, 8)) @ jax.random.normal(jax.random.fold_in(key, 1), (8, 8)),
+                 np.float64) + 3.0
+  got = analysis.pca(x, x, 3)
+  eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(x.T, bias=True)))[::-1]
+  np.testing.assert_allclose(np.mean(np.sum((got["test_recon"] - x) ** 2, 1)), eigenvalues[3:].sum(), rtol=1e-10)
+  assert got["train_codes"].shape == (500, 3)
+
+
+def test_auroc_is_the_probability_that_an_anomaly_scores_higher(key):
+  rng = np.random.default_rng(1)
+  normal, anomalous = rng.integers(0, 20, 300).astype(float), rng.integers(5, 25, 200).astype(float)  # many ties
+  pairs = anomalous[:, None] - normal[None, :]
+  brute = np.mean(pairs > 0) + 0.5 * np.mean(pairs == 0)
+  assert analysis.auroc(normal, anomalous) == pytest.approx(brute, abs=1e-12)
+  assert analysis.auroc(anomalous, normal) == pytest.approx(1.0 - brute, abs=1e-12)
+  # N(0, 1) against N(d, 1): AUROC = Phi(d / sqrt(2)).
+  a, b = rng.normal(size=40_000), rng.normal(1.0, size=40_000)
+  assert analysis.auroc(a, b) == pytest.approx(0.7602, abs=0.006)
+
+
+def test_reconstruction_scores_are_the_per_example_loss(key):
+  model = models.build("tied", input_dim=10, features=(4,))
+  x = jax.random.uniform(key, (7, 10))
+  params = model.init(key, x[0])["params"]
+  out = model.apply({"params": params}, x)
+  np.testing.assert_allclose(analysis.reconstruction_scores(model, params, x, batch_size=3),
+                             losses.bce_with_logits(out["logits"], x), rtol=1e-6)
+  linear = models.build("tied", input_dim=10, features=(4,), output_activation="linear")
+  out = linear.apply({"params": params}, x)
+  np.testing.assert_allclose(analysis.reconstruction_scores(linear, params, x, batch_size=4),
+                             np.sum((np.asarray(out["recon"]) - np.asarray(x)) ** 2, 1), rtol=1e-6)
+
+
+def test_neg_elbo_scores_average_to_the_vae_loss(key, x64):
+  # -ELBO = E_q[-log p(x|z)] + KL(q || p): the scores estimate the KL by sampling, the VAE loss has it in
+  # closed form; with many samples both agree.
+  model = models.build("vae", encoder_features=(5,), latents=2, decoder_features=(5, 6))
+  x = jax.random.uniform(key, (4, 6), jnp.float64)
+  params = model.init(key, x[0])["params"]
+  scores = analysis.neg_elbo_scores(jax.random.PRNGKey(3), model, params, x, num_samples=20_000)
+  mu, logvar = model.apply({"params": params}, x, method="posterior")
+  z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.PRNGKey(4), (20_000,) + mu.shape, jnp.float64)
+  recon = losses.bce_with_logits(model.apply({"params": params}, z, method="decoder_logits"), x[None]).mean(0)
+  np.testing.assert_allclose(scores, recon + losses.gaussian_kl(mu, logvar), rtol=2e-3)
+
+
+def test_rotate_turns_images_a_quarter():
+  image = np.zeros((28, 28))
+  image[0, 27] = 1.0  # top right -> top left after one quarter turn counter-clockwise
+  turned = analysis.rotate(image.reshape(1, -1)).reshape(28, 28)
+  assert turned[0, 0] == 1.0 and turned.sum() == 1.0
+  np.testing.assert_array_equal(analysis.rotate(image.reshape(1, -1), quarter_turns=4), image.reshape(1, -1))

@@ -57,6 +57,18 @@ def test_load_idx_subset_in_file_order(idx_dir):
   assert splits["test"].x.shape[0] == data.load_idx(idx_dir, "test")[0].shape[0]
 
 
+def test_train_classes_keep_those_digits_of_the_training_split_only(idx_dir):
+  images, labels = data.load_idx(idx_dir, "train")
+  splits = data.load_mnist(source="idx", data_dir=idx_dir, train_subset=300, train_classes=(0, 1, 2, 3, 4, 5, 6, 7, 8))
+  keep = labels[:300] != 9
+  assert 0 < keep.sum() < 300
+  np.testing.assert_array_equal(splits["train"].labels, labels[:300][keep])
+  np.testing.assert_allclose(splits["train"].x, images[:300][keep].reshape(-1, 784) / 255.0, rtol=1e-6)
+  assert 9 in np.asarray(splits["test"].labels)  # the test split stays whole: the 9s are the anomalies
+  with pytest.raises(UserError, match=r"train_classes holds \[10\].*digits 0-9"):
+    data.load_mnist(source="idx", data_dir=idx_dir, train_classes=(3, 10))
+
+
 def test_centered_uses_the_training_mean(idx_dir):
   splits = data.load_mnist(source="idx", data_dir=idx_dir, scaling="centered")
   np.testing.assert_allclose(np.asarray(splits["train"].x).mean(0), 0.0, atol=1e-5)

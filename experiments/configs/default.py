@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.scaling = "unit"         # "unit" x/255, "unit256" x/256, "symmetric" [-1, 1], "centered" minus mean image
   c.data.train_subset = 0         # first N training images (0 = all)
   c.data.test_subset = 0          # first N test images (0 = all)
+  c.data.train_classes = ()       # train on these digits only, e.g. (0, ..., 8) for anomaly detection (() = all)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dense"          # a key of jaxae.models.MODELS
