@@ -140,15 +140,15 @@ def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation 
 
 
 def score_histograms(scores: dict[str, dict[str, np.ndarray]], *, bins: int = 60):
-  """One panel per model: histograms (densities) of its anomaly scores for each set of inputs, on a
-  shared log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""
+  """One panel per model: histograms (counts) of its anomaly scores for each set of inputs, on a
+  log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""
   fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.4), squeeze=False)
   for ax, (model, sets) in zip(axes[0], scores.items()):
     values = np.concatenate(list(sets.values()))
-    lo, hi = np.percentile(values, 0.5), np.percentile(values, 99.5)
-    edges = np.geomspace(max(lo, 1e-3), hi, bins) if lo > 0 else np.linspace(lo, hi, bins)
+    lo, hi = values.min(), values.max()
+    edges = np.geomspace(lo, hi, bins) if lo > 0 else np.linspace(lo, hi, bins)
     for name, s in sets.items():
-      ax.hist(np.clip(s, edges[0], edges[-1]), bins=edges, density=True, histtype="step", lw=1.5, label=name)
+      ax.hist(s, bins=edges, histtype="step", lw=1.5, label=name)
     if lo > 0:
       ax.set_xscale("log")
     ax.set_title(model)

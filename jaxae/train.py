@@ -98,15 +98,18 @@ def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None
 
 
 def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None,
-              corrupt: Callable | None = None) -> Callable:
+              corrupt: Callable | None = None, mesh: jax.sharding.Mesh | None = None) -> Callable:
   """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
 
   Stochastic terms, a VAE's latent sample and the denoising corruption (`corrupt`, as in training:
   the model sees corrupt(x), the target is x) draw from `key` folded with the batch index, the same
-  draws at every evaluation; dropout is off."""
+  draws at every evaluation; dropout is off. With a `mesh`, each batch that divides over its devices
+  is split over them, as in training (the last, smaller batch may run whole on every device)."""
   key = jax.random.PRNGKey(0) if key is None else key
 
   def batch_metrics(params, x, i):
+    if mesh is not None and x.shape[0] % mesh.devices.size == 0:
+      x = parallel.shard_batch(x, mesh)
     latent_key, loss_key, noise_key = jax.random.split(jax.random.fold_in(key, i), 3)
     x_in = x if corrupt is None else corrupt(noise_key, x)
     out = model.apply({"params": params}, x_in, rngs={"latent": latent_key})
@@ -129,6 +132,7 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
       sizes.append(np.array([n - full]))
     w = np.concatenate(sizes) / n
     return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in parts]))) for k in parts[0]}
+  evaluate.scan_batches = scan_batches  # for inspection (tests look at its compiled HLO)
   return evaluate
 
 
@@ -289,11 +293,11 @@ def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *
   corrupt = build_corruption(config)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_size(config.batch_size, mesh)
-  state, train_x = parallel.replicate((state, splits["train"].x), mesh)
+  state, train_x, test_x = parallel.replicate((state, splits["train"].x, splits["test"].x), mesh)
   chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt, compute_dtype=config.compute_dtype), mesh,
                            unroll=config.scan_unroll)
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
-                       key=eval_key, corrupt=corrupt)
+                       key=eval_key, corrupt=corrupt, mesh=mesh)
   with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
     for epoch in range(start // steps_per_epoch, config.epochs):
       t0 = time.perf_counter()
@@ -313,7 +317,7 @@ def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *
       n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
       record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
                 **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
-                **{f"test/{k}": v for k, v in evaluate(state.params, splits["test"].x).items()},
+                **{f"test/{k}": v for k, v in evaluate(state.params, test_x).items()},
                 "time/epoch_s": epoch_s}
       writer.write(int(state.step), record)
       check_finite(record, epoch=epoch + 1)

@@ -40,6 +40,17 @@ for n in (1, 8):
 diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b) / (np.abs(b) + 1e-3))), final[8][0], final[1][0])
 out["max_param_rel_diff"] = max(jax.tree_util.tree_leaves(diffs))
 out["max_loss_rel_diff"] = float(np.max(np.abs(final[8][1] - final[1][1]) / final[1][1]))
+# Evaluation: batches split over the devices (a cross-device reduction appears), the same metrics.
+evals = {}
+test_x = jax.random.uniform(jax.random.PRNGKey(5), (40, 20))
+for n in (1, 8):
+  mesh = parallel.make_mesh(n)
+  evaluate = train.make_eval(model, loss_fn, batch_size=16, mesh=mesh)  # 2 batches of 16 split, 1 of 8 whole
+  params, xs = parallel.replicate((final[1][0], test_x), mesh)
+  evals[n] = evaluate(params, xs)
+  hlo = evaluate.scan_batches.lower(params, xs[:32].reshape(2, 16, 20), 0).compile().as_text()
+  out[f"eval_all_reduce_{n}"] = "all-reduce" in hlo
+out["eval_max_rel_diff"] = max(abs(evals[8][k] - evals[1][k]) / abs(evals[1][k]) for k in evals[1])
 try:
   parallel.check_batch_size(100, parallel.make_mesh(8))
 except UserError as e:
@@ -66,6 +77,8 @@ def test_eight_devices_match_one_device_and_refuse_uneven_batches(idx_dir, tmp_p
   assert out["param_devices_8"] == 8 and out["param_devices_1"] == 1, out  # parameters replicated
   assert out["max_loss_rel_diff"] < 1e-5 and out["max_param_rel_diff"] < 1e-4, out  # float reordering only
   assert out["e2e_max_abs_diff"] < 1e-5, out
+  assert out["eval_all_reduce_8"] and not out["eval_all_reduce_1"], out  # evaluation split over the devices
+  assert out["eval_max_rel_diff"] < 1e-5, out
   assert "config.batch_size=100 does not divide over the 8 devices" in out["batch_error"], out
   assert "use a multiple of 8 (e.g. 96 or 104)" in out["batch_error"], out
 

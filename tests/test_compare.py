@@ -1,0 +1,72 @@
+"""experiments/compare.py and experiments/rifai.py run from workdirs alone and print what they promise."""
+
+import json
+import os
+
+import numpy as np
+
+from experiments import compare, rifai
+from experiments.configs import anomaly
+from jaxae import data, train
+
+
+def _rows(table: str) -> list[list[str]]:
+  lines = [line for line in table.splitlines() if line.startswith("|")][2:]  # past the header and the rule
+  return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def _anomaly_config(idx_dir, variant):
+  c = anomaly.get_config(variant + ",smoke")
+  c.data.source, c.data.data_dir = "idx", idx_dir
+  c.data.train_subset, c.data.test_subset = 0, 0
+  c.epochs = 2
+  return c
+
+
+def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
+  workdirs = []
+  for variant in ("ae", "vae"):
+    workdirs.append(str(tmp_path / variant))
+    train.train_and_evaluate(_anomaly_config(idx_dir, variant), workdirs[-1])
+  table = compare.anomaly_table(workdirs, str(tmp_path / "fig"))
+  rows = _rows(table)
+  assert [r[0] for r in rows] == ["ae", "vae"]
+  aurocs = np.array([[float(c) for c in r[2:]] for r in rows])
+  assert np.all((aurocs >= 0) & (aurocs <= 1)), table
+  assert os.path.getsize(tmp_path / "fig" / "scores.png") > 10_000
+  # On the fake digits (a blob whose place depends on the label), the unseen "9" blob reconstructs worse.
+  scores = compare.anomaly_scores(workdirs[0])
+  assert scores["unseen digits"].mean() > scores["normal (0-8)"].mean()
+
+  rows = _rows(compare.probe_table(workdirs[:1]))
+  assert rows[0][0].startswith("pixels") and rows[1][0] == "ae" and rows[1][1] == "3"
+  assert all(0 <= float(r[3]) <= 100 for r in rows)
+  rows = _rows(compare.pca_table(workdirs[:1]))
+  assert rows[0][0] == "3" and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
+
+
+def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
+  full = data.load_mnist(source="idx", data_dir=idx_dir)
+  tr, te = full["train"], full["test"]
+  parts = {"train": data.Split(tr.x[:256], tr.labels[:256]), "valid": data.Split(tr.x[256:], tr.labels[256:]),
+           "test": te}
+  for model, value in (("ae", None), ("cae", 0.3), ("cae", 1.0), ("mlp", None)):
+    field = rifai.GRID[model][0]
+    config = rifai.configure(model, field, value, smoke=True)
+    config.data.data_dir = idx_dir
+    config.model.kwargs.features = (16,)
+    workdir = str(tmp_path / rifai.run_name(model, value))
+    record = rifai.pretrain_and_finetune(config, workdir, parts, epochs=2, lr=0.1, batch_size=32)
+    assert len(record["history"]) == 2 and record["mean_jacobian_norm"] > 0
+  with open(tmp_path / "cae_0.3" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["loss"]["contractive"] == 0.3  # the searched strength reached the config
+  tables = compare.rifai_tables(str(tmp_path))
+  table1, search = tables.split("The search")
+  assert [r[0] for r in _rows(table1)] == ["ae", "cae", "mlp"] and _rows(table1)[1][3] == "1.14"
+  assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.3", "contractive = 1"]
+  assert not os.path.exists(tmp_path / "mlp" / "checkpoints")  # the baseline is not pretrained
+  # A finished run is read back, not redone.
+  before = os.path.getmtime(tmp_path / "ae" / "finetune.json")
+  rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), str(tmp_path / "ae"), parts,
+                              epochs=2, lr=0.1, batch_size=32)
+  assert os.path.getmtime(tmp_path / "ae" / "finetune.json") == before
