@@ -216,8 +216,9 @@ def set_dtype(config: ml_collections.ConfigDict) -> None:
   """float64 runs need JAX's 64-bit mode, switched on before any array is made."""
   if config.dtype not in DTYPES:
     raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
-  if config.compute_dtype not in ("", "bfloat16", "float32"):
-    raise UserError(f"Unknown compute_dtype {config.compute_dtype!r}; known: '' (the parameters' dtype), "
+  compute_dtype = config.get("compute_dtype", "")  # runs saved before the field existed lack it
+  if compute_dtype not in ("", "bfloat16", "float32"):
+    raise UserError(f"Unknown compute_dtype {compute_dtype!r}; known: '' (the parameters' dtype), "
                     "'bfloat16', 'float32'.")
   if config.dtype == "float64":
     jax.config.update("jax_enable_x64", True)

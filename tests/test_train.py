@@ -1,5 +1,8 @@
 """The train step, the scanned epoch, evaluation, determinism and resuming."""
 
+import json
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -220,3 +223,19 @@ def test_a_field_added_since_the_run_resumes_when_off(tmp_path):
   with pytest.raises(UserError, match=r"compute_dtype: None -> 'bfloat16'"):
     checkpoint.refuse_changed_config(str(tmp_path), '{"seed": 0, "model": {"name": "dense"}, '
                                      '"compute_dtype": "bfloat16"}', allow=False)
+
+
+def test_a_run_saved_before_newer_fields_existed_restores(make_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(make_config(epochs=1), workdir)
+  path = os.path.join(workdir, "config.json")
+  with open(path, encoding="utf-8") as f:
+    saved = json.load(f)
+  for field in ("compute_dtype", "num_devices", "scan_unroll"):
+    del saved[field]
+  del saved["data"]["train_classes"]
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(saved, f)
+  config, _, params, splits = train.restore_trained(workdir)
+  assert "compute_dtype" not in config and jax.tree_util.tree_leaves(params)
+  assert splits["train"].x.shape[0] == 512  # no class filter
