@@ -1,18 +1,25 @@
 """How fast each seed config trains, against the machine's own dense-matmul peak measured in the same run.
 
   python -m experiments.bench_train [--configs=undercomplete.py,keras.py:dense,...] [--steps=50] \
-      [--num_devices=0]
+      [--num_devices=0] [--profile]
 
 For every config: the train chunk (its steps as one lax.scan, as in training) on random data of the
 config's batch size, in float32. Compile time apart; then the median of repeated chunks
 (block_until_ready) gives steps/s and examples/s; each config's own scan_unroll is used. FLOPs per step come from XLA's cost analysis of one
 compiled step; achieved GFLOP/s over the peak of an n x n float32 matmul timed the same way.
-Prints a Markdown table with the device named.
+Prints a Markdown table with the device named; then S5's step against its three matmuls alone and,
+with --profile, the XLA operations that take each chunk's time (jax.profiler's trace).
 """
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import importlib
+import json
+import os
+import tempfile
 import time
 
 import jax
@@ -29,6 +36,7 @@ flags.DEFINE_integer("steps", 50, "Steps per timed chunk (configs that unroll th
 flags.DEFINE_integer("repeats", 5, "Timed chunks per config (the median is reported).")
 flags.DEFINE_integer("num_devices", 0, "Devices of the data-parallel mesh (0 = all).")
 flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul that measures the peak.")
+flags.DEFINE_bool("profile", False, "Also trace one chunk per config with jax.profiler and print where its time goes.")
 FLAGS = flags.FLAGS
 
 
@@ -50,7 +58,41 @@ def matmul_peak(n: int, repeats: int) -> float:
   return 2 * n ** 3 / median_seconds(lambda: jax.block_until_ready(mm(a, b)), repeats)
 
 
-def bench_config(spec: str, mesh, steps: int, repeats: int) -> dict:
+def op_shares(fn, top: int = 5) -> list[tuple[str, float]]:
+  """Runs fn() under jax.profiler and returns the `top` XLA operations (fusions, dots, convolutions)
+  by their share of the summed operation time, from the trace's Perfetto JSON, and the shares by
+kind (`op_kind`)."""
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d, create_perfetto_trace=True)
+    fn()
+    jax.profiler.stop_trace()
+    (path,) = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)
+    with gzip.open(path) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  skip = ("$", "ThunkExecutor", "PjitFunction", "end:", "while", "Thunk")
+  durations = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and not e["name"].startswith(skip):
+      durations[e["name"]] += e.get("dur", 0.0)
+  total = sum(durations.values()) or 1.0
+  kinds = collections.Counter()
+  for name, d in durations.items():
+    kinds[op_kind(name)] += d / total
+  return sorted(kinds.items(), key=lambda kv: -kv[1]), [(name, d / total) for name, d in durations.most_common(top)]
+
+
+MATMUL_OPS = ("dot", "ynn", "gemm", "cublas", "conv", "matmul", "triton")  # XLA:CPU (XNNPACK) and GPU names
+
+
+def op_kind(name: str) -> str:
+  """Coarse class of an XLA operation by its name: matmul/conv, copy/transpose or element-wise/other."""
+  if any(k in name.lower() for k in MATMUL_OPS):
+    return "matmul/conv"
+  return "copy/transpose" if name.startswith(("copy", "transpose")) else "element-wise/other"
+
+
+def bench_config(spec: str, mesh, steps: int, repeats: int, profile: bool = False) -> dict:
   """Times one config's scanned train chunk; returns the row's numbers."""
   name, _, variant = spec.removesuffix(".py").partition(".py:")
   config = importlib.import_module(f"experiments.configs.{name}").get_config(variant or None)
@@ -78,7 +120,8 @@ def bench_config(spec: str, mesh, steps: int, repeats: int) -> dict:
   def run():
     holder["state"] = jax.block_until_ready(compiled(holder["state"], x, idx, key)[0])
   per_step = median_seconds(run, repeats) / steps
-  return {"config": spec, "batch": batch, "compile_s": compile_s, "steps_s": 1 / per_step,
+  ops = op_shares(run) if profile else ([], [])
+  return {"ops": ops, "config": spec, "batch": batch, "compile_s": compile_s, "steps_s": 1 / per_step,
           "examples_s": batch / per_step, "gflop_step": flops / 1e9, "gflops": flops / per_step / 1e9}
 
 
@@ -109,13 +152,19 @@ def main(argv):
         f"float32 matmul {FLAGS.matmul_n}^3 peak {peak / 1e9:.1f} GFLOP/s\n")
   print("| config | batch | compile s | steps/s | examples/s | GFLOP/step (XLA) | GFLOP/s | of matmul peak |")
   print("|---|---|---|---|---|---|---|---|")
-  rows = []
+  rows, profiles = [], []
   for spec in FLAGS.configs:
-    r = bench_config(spec, mesh, FLAGS.steps, FLAGS.repeats)
+    r = bench_config(spec, mesh, FLAGS.steps, FLAGS.repeats, FLAGS.profile)
+    profiles.append((spec, r["ops"]))
     print(f"| {r['config']} | {r['batch']} | {r['compile_s']:.2f} | {r['steps_s']:.1f} | {r['examples_s']:.0f} | "
           f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {100 * r['gflops'] * 1e9 / peak:.0f}% |", flush=True)
     if spec.startswith("cae_theano.py"):
       rows.append((spec, 1 / r["steps_s"]))
+  if FLAGS.profile:
+    print("\nWhere each chunk's time goes (jax.profiler; share of the summed XLA operation time, top 5):\n")
+    for spec, (kinds, ops) in profiles:
+      print(f"- {spec}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in kinds) + "; top: "
+            + ", ".join(f"{name} {100 * share:.0f}%" for name, share in ops))
   steps = 500
   floor = s5_matmuls_per_step(steps, FLAGS.repeats)
   for spec, per_step in rows:  # the target: S5's whole step within 2x of its three matmuls alone

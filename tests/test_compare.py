@@ -50,7 +50,7 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   tr, te = full["train"], full["test"]
   parts = {"train": data.Split(tr.x[:256], tr.labels[:256]), "valid": data.Split(tr.x[256:], tr.labels[256:]),
            "test": te}
-  for model, value in (("ae", None), ("cae", 0.3), ("cae", 1.0), ("mlp", None)):
+  for model, value in (("ae", None), ("cae", 0.03), ("cae", 0.3), ("mlp", None)):
     field = rifai.GRID[model][0]
     config = rifai.configure(model, field, value, smoke=True)
     config.data.data_dir = idx_dir
@@ -63,7 +63,7 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   tables = compare.rifai_tables(str(tmp_path))
   table1, search = tables.split("The search")
   assert [r[0] for r in _rows(table1)] == ["ae", "cae", "mlp"] and _rows(table1)[1][3] == "1.14"
-  assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.3", "contractive = 1"]
+  assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.03", "contractive = 0.3"]
   assert not os.path.exists(tmp_path / "mlp" / "checkpoints")  # the baseline is not pretrained
   # A finished run is read back, not redone.
   before = os.path.getmtime(tmp_path / "ae" / "finetune.json")

@@ -2,7 +2,7 @@
 
 One hidden layer of 1000 sigmoid units, tied weights, sigmoid output, cross-entropy summed over pixels;
 pretrained on the first 50,000 training images (the last 10,000 are the validation split of the
-fine-tuning, experiments/rifai.py); plain SGD, batch 10, lr 0.01, shuffled, 20 epochs, float32 (S5's recipe, cae_theano.py).
+fine-tuning, experiments/rifai.py); plain SGD, batch 10, lr 0.01 (S5's recipe, cae_theano.py), but shuffled, 50 epochs, float32.
 Variants: `ae` (no regulariser), `ae_wd` (weight decay, `--config.optimizer.weight_decay`), `dae`
 (Gaussian input noise, `--config.corruption.options.std`), `cae` (exact penalty
 `--config.loss.contractive` * ||dh/dx||_F^2, closed form for this one-layer sigmoid encoder). The
@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
   c.model.kwargs.param_dtype = "float32"
   del c.model.kwargs["kernel_init"]  # the tied model's default: the same uniform law, drawn by JAX
   c.shuffle = True
+  c.epochs = 50
   c.chunk_steps = 1000
   c.log_first_steps = 0
   c.keep_checkpoints = 1
