@@ -55,11 +55,7 @@ def configure(model: str, field: str, value, smoke: bool):
   if model == "mlp":
     config.epochs = 0
   if field:
-    *parents, leaf = field.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    config.update_from_flattened_dict({field: value})
   return config
 
 

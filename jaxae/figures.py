@@ -140,17 +140,18 @@ def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation 
 
 
 def score_histograms(scores: dict[str, dict[str, np.ndarray]], *, bins: int = 60):
-  """One panel per model: histograms (counts) of its anomaly scores for each set of inputs, on a
-  log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""
+  """One panel per model: histograms of its anomaly scores for each set of inputs (each normalised to
+  unit area, its size in the legend), on a log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""
   fig, axes = plt.subplots(1, len(scores), figsize=(4.2 * len(scores), 3.4), squeeze=False)
   for ax, (model, sets) in zip(axes[0], scores.items()):
     values = np.concatenate(list(sets.values()))
     lo, hi = values.min(), values.max()
     edges = np.geomspace(lo, hi, bins) if lo > 0 else np.linspace(lo, hi, bins)
     for name, s in sets.items():
-      ax.hist(s, bins=edges, histtype="step", lw=1.5, label=name)
+      ax.hist(s, bins=edges, density=True, histtype="step", lw=1.5, label=f"{name} ({len(s)})")
     if lo > 0:
       ax.set_xscale("log")
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(model)
     ax.set_xlabel("score (nats; higher = more anomalous)")
     ax.set_yticks([])
