@@ -37,7 +37,7 @@ flags.DEFINE_bool("smoke", False, "Tiny data and one epoch of everything (a chec
 # Model -> (config field searched, its values). Our grid; the paper does not publish its values.
 GRID = {
     "ae": ("", (None,)),
-    "ae_wd": ("optimizer.weight_decay", (1e-4, 1e-3)),
+    "ae_wd": ("optimizer.weight_decay", (1e-3,)),
     "dae": ("corruption.options.std", (0.1, 0.3, 0.5)),
     "cae": ("loss.contractive", (0.03, 0.1, 0.3)),
     "mlp": ("", (None,)),  # the baseline: no pretraining, the same MLP from the same random initialisation
