@@ -38,33 +38,36 @@ def markdown(headers: list[str], rows: list[list]) -> str:
 
 
 def rifai_tables(root: str) -> str:
-  """Table 1 (each model at its best strength on validation) and the whole search, from finetune.json files."""
+  """Table 1 (each model at its best strength and fine-tuning rate on validation) and the whole search."""
   from experiments.rifai import GRID, PAPER_TEST_ERROR  # pylint: disable=g-import-not-at-top
-  runs = {}
-  for path in sorted(glob.glob(os.path.join(root, "*", "finetune.json"))):
+  runs = {}  # (run name, fine-tuning rate) -> record
+  for path in sorted(glob.glob(os.path.join(root, "*", "finetune_lr*.json"))):
     with open(path, encoding="utf-8") as f:
-      runs[os.path.basename(os.path.dirname(path))] = json.load(f)
+      record = json.load(f)
+    runs[os.path.basename(os.path.dirname(path)), record["finetune"]["learning_rate"]] = record
   if not runs:
-    raise app.UsageError(f"No finished runs (finetune.json) under {root!r}; run experiments.rifai first.")
+    raise app.UsageError(f"No finished runs (finetune_lr*.json) under {root!r}; run experiments.rifai first.")
   search, table = [], []
-  for model, (field, values) in GRID.items():
-    names = [n for n in runs if n == model or n.startswith(model + "_") and n[len(model) + 1:][:1].isdigit()]
-    for name in names:
-      r, best = runs[name], runs[name]["best"]
-      search.append([model, field.rsplit(".", 1)[-1] + " = " + name[len(model) + 1:] if field else "-",
+  for model, (field, _) in GRID.items():
+    keys = sorted(k for k in runs
+                  if k[0] == model or k[0].startswith(model + "_") and k[0][len(model) + 1:][:1].isdigit())
+    for name, lr in keys:
+      r, best = runs[name, lr], runs[name, lr]["best"]
+      search.append([model, field.rsplit(".", 1)[-1] + " = " + name[len(model) + 1:] if field else "-", f"{lr:g}",
                      f"{100 * best['valid_error']:.2f}", best["epoch"], f"{100 * best['test_error']:.2f}",
                      f"{r['mean_jacobian_norm']:.2f}"])
-    if names:
-      chosen = min(names, key=lambda n: runs[n]["best"]["valid_error"])
-      best = runs[chosen]["best"]
-      table.append([model, chosen, f"{100 * best['test_error']:.2f}", "-" if PAPER_TEST_ERROR[model] is None else f"{PAPER_TEST_ERROR[model]:.2f}",
-                    f"{100 * best['valid_error']:.2f}", f"{runs[chosen]['mean_jacobian_norm']:.2f}"])
-  return ("Table 1 (each model at the strength and epoch of lowest validation error)\n\n"
-          + markdown(["model", "run", "test error % (ours)", "test error % (paper)", "valid error %",
+    if keys:
+      chosen = min(keys, key=lambda k: runs[k]["best"]["valid_error"])
+      best, paper = runs[chosen]["best"], PAPER_TEST_ERROR[model]
+      table.append([model, chosen[0], f"{chosen[1]:g}", f"{100 * best['test_error']:.2f}",
+                    "-" if paper is None else f"{paper:.2f}", f"{100 * best['valid_error']:.2f}",
+                    f"{runs[chosen]['mean_jacobian_norm']:.2f}"])
+  return ("Table 1 (each model at the strength, fine-tuning rate and epoch of lowest validation error)\n\n"
+          + markdown(["model", "run", "fine-tune lr", "test error % (ours)", "test error % (paper)", "valid error %",
                       "mean ‖J‖_F (test, before fine-tuning)"], table)
           + "\n\nThe search (validation = training images 50,000-59,999)\n\n"
-          + markdown(["model", "strength", "valid error %", "best epoch", "test error % at that epoch", "mean ‖J‖_F"],
-                     search))
+          + markdown(["model", "strength", "fine-tune lr", "valid error %", "best epoch", "test error % at that epoch",
+                      "mean ‖J‖_F"], search))
 
 
 def _encode(model, params, x) -> np.ndarray:

@@ -3,14 +3,15 @@ r"""Rifai et al. (ICML 2011) Table 1, MNIST column, reproduced: pretrain, search
 For every model (AE, AE + weight decay, DAE with Gaussian noise, CAE) and every regularisation strength
 of GRID, a 784-1000 tied sigmoid autoencoder is pretrained (experiments/configs/rifai.py) on the first
 50,000 training images; its encoder initialises a 784-1000-10 MLP, fine-tuned with softmax
-cross-entropy on the same images (plain SGD, batch 20, lr 0.5 decayed to 0 by a cosine over 30 epochs). The last 10,000 training images are the validation split:
-they choose each model's strength and the fine-tuning epoch. The test set is read at every epoch but
+cross-entropy on the same images (plain SGD, batch 20, 30 epochs, the rate decayed to 0 by a cosine, from
+0.5 or 0.1). The last 10,000 training images are the validation split: they choose each model's strength,
+the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but
 chooses nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
 
   python -m experiments.rifai --root runs/rifai          # the search and Table 1 (prints Markdown)
   python -m experiments.compare --rifai runs/rifai       # the tables again, from the files
 
-Each run is resumable: a finished pretraining or fine-tuning (finetune.json) is not redone.
+Each run is resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.json) is not redone.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from jaxae import analysis, data, finetune, metrics, train
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
-flags.DEFINE_float("finetune_lr", 0.5, "Fine-tuning SGD learning rate at the start; cosine decay to 0 at the end.")
+flags.DEFINE_list("finetune_lrs", ["0.5", "0.1"], "Fine-tuning SGD learning rates searched on validation, each "
+                  "the rate at the start, decayed to 0 by a cosine.")
 flags.DEFINE_integer("finetune_batch", 20, "Fine-tuning batch size.")
 flags.DEFINE_list("models", ["cae", "dae", "ae_wd", "ae", "mlp"], "Which models of GRID to run.")
 flags.DEFINE_bool("smoke", False, "Tiny data and one epoch of everything (a check that it runs).")
@@ -48,6 +50,11 @@ VALID_FROM = 50_000  # the validation split: training images 50,000 to 59,999
 
 def run_name(model: str, value) -> str:
   return model if value is None else f"{model}_{value:g}"
+
+
+def record_name(lr: float) -> str:
+  """The fine-tuning record of one rate, in the pretrained run's workdir."""
+  return f"finetune_lr{lr:g}.json"
 
 
 def configure(model: str, field: str, value, smoke: bool):
@@ -70,14 +77,16 @@ def splits(smoke: bool) -> dict[str, data.Split]:
 
 def pretrain_and_finetune(config, workdir: str, parts: dict[str, data.Split], *, epochs: int, lr: float,
                           batch_size: int) -> dict:
-  """Pretrains into `workdir` (resuming), then fine-tunes; returns and saves finetune.json's record."""
-  path = os.path.join(workdir, "finetune.json")
+  """Pretrains into `workdir` (resuming), then fine-tunes at rate `lr`; returns and saves the record."""
+  path = os.path.join(workdir, record_name(lr))
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   if config.epochs:
-    train.train_and_evaluate(config, workdir)
-    records = metrics.read_metrics(workdir)
+    records = metrics.read_metrics(workdir) if os.path.isdir(workdir) else []
+    if not records or records[-1]["epoch"] < config.epochs:  # not pretrained yet (another rate may have done it)
+      train.train_and_evaluate(config, workdir)
+      records = metrics.read_metrics(workdir)
     if not records or records[-1]["epoch"] < config.epochs:  # stopped early (SIGTERM): resume, never fine-tune
       raise SystemExit(f"Pretraining of {workdir} stopped before epoch {config.epochs}; run the same command "
                        "to resume it.")
@@ -109,16 +118,19 @@ def main(argv):
   unknown = set(FLAGS.models) - set(GRID)
   if unknown:
     raise app.UsageError(f"--models holds {sorted(unknown)}; known: {', '.join(GRID)}.")
+  lrs = [float(lr) for lr in FLAGS.finetune_lrs]
   parts = splits(FLAGS.smoke)
   for model in FLAGS.models:
     field, values = GRID[model]
     for value in values:
       workdir = os.path.join(FLAGS.root, run_name(model, value))
-      record = pretrain_and_finetune(configure(model, field, value, FLAGS.smoke), workdir, parts,
-                                     epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lr=FLAGS.finetune_lr,
-                                     batch_size=FLAGS.finetune_batch)
-      logging.info("%s: valid %.4f test %.4f (epoch %d), mean ||J||_F %.3f", workdir, record["best"]["valid_error"],
-                   record["best"]["test_error"], record["best"]["epoch"], record["mean_jacobian_norm"])
+      for lr in lrs:
+        record = pretrain_and_finetune(configure(model, field, value, FLAGS.smoke), workdir, parts,
+                                       epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lr=lr,
+                                       batch_size=FLAGS.finetune_batch)
+        logging.info("%s, lr %g: valid %.4f test %.4f (epoch %d), mean ||J||_F %.3f", workdir, lr,
+                     record["best"]["valid_error"], record["best"]["test_error"], record["best"]["epoch"],
+                     record["mean_jacobian_norm"])
   from experiments import compare  # pylint: disable=g-import-not-at-top
   print(compare.rifai_tables(FLAGS.root))
 

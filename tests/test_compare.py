@@ -50,23 +50,32 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   tr, te = full["train"], full["test"]
   parts = {"train": data.Split(tr.x[:256], tr.labels[:256]), "valid": data.Split(tr.x[256:], tr.labels[256:]),
            "test": te}
-  for model, value in (("ae", None), ("cae", 0.03), ("cae", 0.3), ("mlp", None)):
-    field = rifai.GRID[model][0]
-    config = rifai.configure(model, field, value, smoke=True)
+
+  def small(model, value):
+    config = rifai.configure(model, rifai.GRID[model][0], value, smoke=True)
     config.data.data_dir = idx_dir
     config.model.kwargs.features = (16,)
+    return config
+
+  for model, value in (("ae", None), ("cae", 0.03), ("cae", 0.3), ("mlp", None)):
     workdir = str(tmp_path / rifai.run_name(model, value))
-    record = rifai.pretrain_and_finetune(config, workdir, parts, epochs=2, lr=0.1, batch_size=32)
+    record = rifai.pretrain_and_finetune(small(model, value), workdir, parts, epochs=2, lr=0.1, batch_size=32)
     assert len(record["history"]) == 2 and record["mean_jacobian_norm"] > 0
   with open(tmp_path / "cae_0.3" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["loss"]["contractive"] == 0.3  # the searched strength reached the config
   tables = compare.rifai_tables(str(tmp_path))
   table1, search = tables.split("The search")
-  assert [r[0] for r in _rows(table1)] == ["ae", "cae", "mlp"] and _rows(table1)[1][3] == "1.14"
+  assert [r[0] for r in _rows(table1)] == ["ae", "cae", "mlp"] and _rows(table1)[1][4] == "1.14"
   assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.03", "contractive = 0.3"]
+  # A second fine-tuning rate is one more row of the search, read from its own record.
+  pretrained = os.path.getmtime(tmp_path / "ae" / "metrics.jsonl")
+  rifai.pretrain_and_finetune(small("ae", None), str(tmp_path / "ae"), parts, epochs=1, lr=0.5, batch_size=32)
+  assert os.path.getmtime(tmp_path / "ae" / "metrics.jsonl") == pretrained  # pretrained once, not again
+  ae_rows = [r for r in _rows(compare.rifai_tables(str(tmp_path)).split("The search")[1]) if r[0] == "ae"]
+  assert sorted(r[2] for r in ae_rows) == ["0.1", "0.5"]
   assert not os.path.exists(tmp_path / "mlp" / "checkpoints")  # the baseline is not pretrained
   # A finished run is read back, not redone.
-  before = os.path.getmtime(tmp_path / "ae" / "finetune.json")
+  before = os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1))
   rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), str(tmp_path / "ae"), parts,
                               epochs=2, lr=0.1, batch_size=32)
-  assert os.path.getmtime(tmp_path / "ae" / "finetune.json") == before
+  assert os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1)) == before
