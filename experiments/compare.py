@@ -20,6 +20,7 @@ import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
+from experiments.configs.rifai import GRID, PAPER_TEST_ERROR
 from jaxae import analysis, figures, train
 
 FLAGS = flags.FLAGS
@@ -39,7 +40,6 @@ def markdown(headers: list[str], rows: list[list]) -> str:
 
 def rifai_tables(root: str) -> str:
   """Table 1 (each model at its best strength and fine-tuning rate on validation) and the whole search."""
-  from experiments.rifai import GRID, PAPER_TEST_ERROR  # pylint: disable=g-import-not-at-top
   runs = {}  # (run name, fine-tuning rate) -> record
   for path in sorted(glob.glob(os.path.join(root, "*", "finetune_lr*.json"))):
     with open(path, encoding="utf-8") as f:

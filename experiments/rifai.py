@@ -4,9 +4,9 @@ For every model (AE, AE + weight decay, DAE with Gaussian noise, CAE) and every 
 of GRID, a 784-1000 tied sigmoid autoencoder is pretrained (experiments/configs/rifai.py) on the first
 50,000 training images; its encoder initialises a 784-1000-10 MLP, fine-tuned with softmax
 cross-entropy on the same images (plain SGD, batch 20, 30 epochs, the rate decayed to 0 by a cosine, from
-0.5 or 0.1). The last 10,000 training images are the validation split: they choose each model's strength,
-the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but
-chooses nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
+0.1, 0.5 or 1.0). The last 10,000 training images are the validation split: they choose each model's
+strength, the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but chooses
+nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
 
   python -m experiments.rifai --root runs/rifai          # the search and Table 1 (prints Markdown)
   python -m experiments.compare --rifai runs/rifai       # the tables again, from the files
@@ -30,21 +30,14 @@ from jaxae import analysis, data, finetune, metrics, train
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
-flags.DEFINE_list("finetune_lrs", ["0.5", "0.1"], "Fine-tuning SGD learning rates searched on validation, each "
-                  "the rate at the start, decayed to 0 by a cosine.")
+flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0"], "Fine-tuning SGD learning rates searched on validation, "
+                  "each the rate at the start, decayed to 0 by a cosine.")
 flags.DEFINE_integer("finetune_batch", 20, "Fine-tuning batch size.")
 flags.DEFINE_list("models", ["cae", "dae", "ae_wd", "ae", "mlp"], "Which models of GRID to run.")
 flags.DEFINE_bool("smoke", False, "Tiny data and one epoch of everything (a check that it runs).")
 
-# Model -> (config field searched, its values). Our grid; the paper does not publish its values.
-GRID = {
-    "ae": ("", (None,)),
-    "ae_wd": ("optimizer.weight_decay", (1e-3,)),
-    "dae": ("corruption.options.std", (0.1, 0.3, 0.5)),
-    "cae": ("loss.contractive", (0.03, 0.1, 0.3)),
-    "mlp": ("", (None,)),  # the baseline: no pretraining, the same MLP from the same random initialisation
-}
-PAPER_TEST_ERROR = {"cae": 1.14, "dae": 1.18, "ae_wd": 1.68, "ae": 1.78, "mlp": None}  # %, Rifai et al. (2011), Table 1
+GRID = rifai_config.GRID
+PAPER_TEST_ERROR = rifai_config.PAPER_TEST_ERROR
 VALID_FROM = 50_000  # the validation split: training images 50,000 to 59,999
 
 
@@ -70,8 +63,8 @@ def splits(smoke: bool) -> dict[str, data.Split]:
   full = data.load_mnist(source="idx", scaling="unit")
   tr, te = full["train"], full["test"]
   n_train, n_valid, n_test = (200, 100, 100) if smoke else (VALID_FROM, 10_000, te.x.shape[0])
-  return {"train": data.Split(tr.x[:n_train], tr.labels[:n_train]),
-          "valid": data.Split(tr.x[VALID_FROM:VALID_FROM + n_valid], tr.labels[VALID_FROM:VALID_FROM + n_valid]),
+  v = slice(n_train, n_train + n_valid)  # in full runs, n_train = VALID_FROM
+  return {"train": data.Split(tr.x[:n_train], tr.labels[:n_train]), "valid": data.Split(tr.x[v], tr.labels[v]),
           "test": data.Split(te.x[:n_test], te.labels[:n_test])}
 
 

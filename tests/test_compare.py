@@ -2,12 +2,15 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
 from experiments import compare, rifai
 from experiments.configs import anomaly
 from jaxae import data, train
+from tests.conftest import ROOT
 
 
 def _rows(table: str) -> list[list[str]]:
@@ -79,3 +82,15 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), str(tmp_path / "ae"), parts,
                               epochs=2, lr=0.1, batch_size=32)
   assert os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1)) == before
+
+
+def test_rifai_command_runs_and_prints_table_1(idx_dir, tmp_path):
+  """The command itself (its flags and the table it prints from the records it wrote), on tiny data."""
+  env = {**os.environ, "JAXAE_IDX_DIR": idx_dir, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  proc = subprocess.run([sys.executable, "-m", "experiments.rifai", "--smoke", f"--root={tmp_path}",
+                         "--models=ae,mlp", "--finetune_lrs=0.5"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  table1 = proc.stdout.split("The search")[0]
+  assert [r[:3] for r in _rows(table1)] == [["ae", "ae", "0.5"], ["mlp", "mlp", "0.5"]]
+  assert os.path.exists(tmp_path / "ae" / rifai.record_name(0.5))

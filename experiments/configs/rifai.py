@@ -17,6 +17,17 @@ from experiments.configs import cae_theano, default
 
 VARIANTS = cae_theano.VARIANTS
 
+# Model -> (config field searched, its values). Our grid; the paper does not publish its values.
+GRID = {
+    "ae": ("", (None,)),
+    "ae_wd": ("optimizer.weight_decay", (1e-3,)),
+    "dae": ("corruption.options.std", (0.1, 0.3, 0.5, 0.7)),
+    "cae": ("loss.contractive", (0.03, 0.1, 0.3)),
+    "mlp": ("", (None,)),  # the baseline: no pretraining, the same MLP from the same random initialisation
+}
+# Test error %, Rifai et al. (2011), Table 1, MNIST.
+PAPER_TEST_ERROR = {"cae": 1.14, "dae": 1.18, "ae_wd": 1.68, "ae": 1.78, "mlp": None}
+
 
 def get_config(arg: str | None = None):
   """S5's four variants, widened to 1000 units, in float32 with shuffled batches and Glorot x 4 init."""
