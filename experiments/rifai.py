@@ -4,7 +4,7 @@ For every model (AE, AE + weight decay, DAE with Gaussian noise, CAE) and every 
 of GRID, a 784-1000 tied sigmoid autoencoder is pretrained (experiments/configs/rifai.py) on the first
 50,000 training images; its encoder initialises a 784-1000-10 MLP, fine-tuned with softmax
 cross-entropy on the same images (plain SGD, batch 20, 30 epochs, the rate decayed to 0 by a cosine, from
-0.1, 0.5 or 1.0). The last 10,000 training images are the validation split: they choose each model's
+0.1, 0.5, 1.0 or 2.0). The last 10,000 training images are the validation split: they choose each model's
 strength, the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but chooses
 nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
 
@@ -30,8 +30,8 @@ from jaxae import analysis, data, finetune, metrics, train
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
-flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0"], "Fine-tuning SGD learning rates searched on validation, "
-                  "each the rate at the start, decayed to 0 by a cosine.")
+flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0", "2.0"], "Fine-tuning SGD learning rates searched on "
+                  "validation, each the rate at the start, decayed to 0 by a cosine.")
 flags.DEFINE_integer("finetune_batch", 20, "Fine-tuning batch size.")
 flags.DEFINE_list("models", ["cae", "dae", "ae_wd", "ae", "mlp"], "Which models of GRID to run.")
 flags.DEFINE_bool("smoke", False, "Tiny data and one epoch of everything (a check that it runs).")
