@@ -1,0 +1,30 @@
+"""experiments/bench_train.py runs end to end and prints the table it promises (no timing is asserted)."""
+
+import os
+import subprocess
+import sys
+
+from experiments import bench_train
+from tests.conftest import ROOT
+
+
+def test_bench_prints_a_row_per_config_and_the_s5_ratio():
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", "--configs=undercomplete.py,cae_theano.py",
+                         "--steps=2", "--repeats=2", "--matmul_n=128", "--profile"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  rows = [line.strip("|").split("|") for line in out.splitlines() if line.startswith("| ") and "%" in line]
+  assert [r[0].strip() for r in rows] == ["undercomplete.py", "cae_theano.py"]
+  for r in rows:
+    assert float(r[3]) > 0 and float(r[5]) > 0 and float(r[7].strip(" %")) > 0  # steps/s, GFLOP/step, of peak
+  assert "peak" in out.splitlines()[0] and "ratio" in out
+  assert "- undercomplete.py: matmul/conv" in out  # the profile found the encoder's matmuls
+
+
+def test_op_kind_sorts_xla_operation_names():
+  assert bench_train.op_kind("ynn_fusion.12") == "matmul/conv"
+  assert bench_train.op_kind("dot.43") == "matmul/conv"
+  assert bench_train.op_kind("copy.3") == "copy/transpose"
+  assert bench_train.op_kind("add_select_fusion.1") == "element-wise/other"
