@@ -22,7 +22,7 @@ GRID = {
     "ae": ("", (None,)),
     "ae_wd": ("optimizer.weight_decay", (1e-3,)),
     "dae": ("corruption.options.std", (0.1, 0.3, 0.5, 0.7)),
-    "cae": ("loss.contractive", (0.03, 0.1, 0.3)),
+    "cae": ("loss.contractive", (0.03, 0.05, 0.1, 0.2, 0.3)),
     "mlp": ("", (None,)),  # the baseline: no pretraining, the same MLP from the same random initialisation
 }
 # Test error %, Rifai et al. (2011), Table 1, MNIST.
