@@ -8,30 +8,46 @@ Prints Markdown tables: compile time apart, then the median of repeated steps (b
 float32, with the device named. A step is one Adam update of squared error + 0.1 * penalty.
 """
 
+import importlib
+import math
 import time
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 
-from jaxae import models, objective, train
+from jaxae import data, models, objective, train
 
 flags.DEFINE_list("nets", ["tied", "deep", "conv"], "Encoders to time: tied (S5), deep (S6), conv (S4).")
 flags.DEFINE_list("batches", ["10", "128"], "Batch sizes.")
 flags.DEFINE_list("conv_batches", ["10"], "Batch sizes for the conv net (its exact steps are heavy on a CPU).")
-flags.DEFINE_list("skip", [], "NET:MODE pairs not to time, e.g. conv:jacfwd (784 tangents of every 28x28x128 "
+flags.DEFINE_list("skip", [], "NET:MODE pairs not to time, e.g. conv:jacfwd (D tangents of every HxWx128 "
                   "activation: four steps took over 10 minutes on the 2-core CPU).")
 flags.DEFINE_bool("crossover", True, "Also time jacfwd against jacrev for one sigmoid layer of growing width.")
 flags.DEFINE_float("seconds", 2.0, "Time budget per measurement (repeats = budget / first step, 3 to 50).")
 FLAGS = flags.FLAGS
 
+# Net -> (label, the config whose model and data shape it times, the model's fields changed for the bench).
 NETS = {
-    "tied": ("784-500 tied sigmoid (S5)", lambda: models.TiedAE(input_dim=784, features=(500,))),
-    "deep": ("784-256-256-64-32 tied tanh (S6)",
-             lambda: models.TiedAE(input_dim=784, features=(256, 256, 64, 32), activation="tanh",
-                                   output_activation="linear")),
-    "conv": ("conv, 7x7x1 code (S4)", models.ConvAE),
+    "tied": ("D-500 tied sigmoid (S5)", "cae_theano.py", {"kernel_init": None, "param_dtype": "float32"}),
+    "deep": ("D-256-256-64-32 tied tanh (S6)", "stacked_tied.py", {"kernel_init": None}),
+    "conv": ("conv, (H/4)x(W/4)x1 code (S4)", "keras.py:conv", {}),
 }
+
+
+def image_shape(spec: str) -> tuple[int, ...]:
+  """The shape of one image of the dataset the config `spec` reads (from the dataset's metadata)."""
+  name, _, variant = spec.removesuffix(".py").partition(".py:")
+  return data.example_shape(importlib.import_module(f"experiments.configs.{name}").get_config(variant or None).data)
+
+
+def make_model(name: str):
+  """The model of NETS[name]'s config, for its dataset's image shape, in float32 with default initialisers."""
+  _, spec, changes = NETS[name]
+  config_name, _, variant = spec.removesuffix(".py").partition(".py:")
+  kwargs = importlib.import_module(f"experiments.configs.{config_name}").get_config(variant or None).model
+  fields = {k: v for k, v in {**kwargs.kwargs.to_dict(), **changes}.items() if v is not None}
+  return models.build(kwargs.name, input_shape=image_shape(spec), **fields)
 
 
 def modes(one_layer: bool, examples_per_pass: int = 0):
@@ -52,10 +68,10 @@ def modes(one_layer: bool, examples_per_pass: int = 0):
   return rows
 
 
-def time_step(model, weights, options, batch: int) -> tuple[float, float]:
-  """(compile seconds, median seconds per step) of a jitted train step."""
+def time_step(model, weights, options, batch: int, d: int) -> tuple[float, float]:
+  """(compile seconds, median seconds per step) of a jitted train step on random examples of size d."""
   key = jax.random.PRNGKey(0)
-  x = jax.random.uniform(key, (batch, 784))
+  x = jax.random.uniform(key, (batch, d))
   state = train.create_state(key, model, train.make_optimizer("adam", learning_rate=1e-3), x[0])
   step = jax.jit(train.make_train_step(model, objective.from_weights(weights, options)))
   t0 = time.perf_counter()
@@ -76,27 +92,30 @@ def penalty_table():
   print("| encoder | batch | penalty | compile s | ms / step | x plain step |")
   print("|---|---|---|---|---|---|")
   for name in FLAGS.nets:
-    label, make = NETS[name]
+    label, spec, _ = NETS[name]
+    d = math.prod(image_shape(spec))
     batches = FLAGS.conv_batches if name == "conv" else FLAGS.batches
     for batch in map(int, batches):
       base = None
-      # The conv net's exact Jacobians hold D tangents of 28x28x128 activations: 2 examples at a time.
+      # The conv net's exact Jacobians hold D tangents of HxWx128 activations: 2 examples at a time.
       for mode, weights, options in modes(one_layer=name == "tied", examples_per_pass=2 if name == "conv" else 0):
         if f"{name}:{mode}" in FLAGS.skip:
           print(f"| {label} | {batch} | {mode} | not timed (--skip) | | |", flush=True)
           continue
-        compile_s, step_s = time_step(make(), weights, options, batch)
+        compile_s, step_s = time_step(make_model(name), weights, options, batch, d)
         base = base or step_s
         print(f"| {label} | {batch} | {mode} | {compile_s:.2f} | {1e3 * step_s:.2f} | {step_s / base:.1f} |",
               flush=True)
 
 
 def crossover_table():
-  print("\n| one sigmoid layer 784-K, batch 32 | jacfwd ms / step | jacrev ms / step | faster |")
+  shape = image_shape(NETS["tied"][1])
+  d = math.prod(shape)
+  print(f"\n| one sigmoid layer {d}-K, batch 32 | jacfwd ms / step | jacrev ms / step | faster |")
   print("|---|---|---|---|")
-  for k in (8, 16, 32, 64, 128, 256, 512, 784, 1024):
-    model = models.TiedAE(input_dim=784, features=(k,))
-    t = {m: time_step(model, {"squared_error": 1.0, "contractive": 0.1}, {"contractive": {"mode": m}}, 32)[1]
+  for k in (8, 16, 32, 64, 128, 256, 512, d, 1024):
+    model = models.TiedAE(input_shape=shape, features=(k,))
+    t = {m: time_step(model, {"squared_error": 1.0, "contractive": 0.1}, {"contractive": {"mode": m}}, 32, d)[1]
          for m in ("jacfwd", "jacrev")}
     print(f"| K = {k} | {1e3 * t['jacfwd']:.2f} | {1e3 * t['jacrev']:.2f} | {min(t, key=t.get)} |", flush=True)
 

@@ -15,7 +15,8 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from jaxae import analysis, figures, train
+from jaxae import analysis, figures
+from jaxae.run import TrainedRun
 
 flags.DEFINE_string("runs", None, "LABEL:WORKDIR pairs, comma-separated.", required=True)
 flags.DEFINE_string("out", "", "Folder for the two figures (default: the last run's figures/).")
@@ -25,14 +26,14 @@ RADII = np.geomspace(0.05, 30.0, 16)
 
 
 def analyse(workdir: str, points: int) -> dict:
-  _, model, params, splits = train.restore_trained(workdir)
-  encode = train.bind_encode(model, params)
-  x = splits["test"].x
-  sv = np.asarray(analysis.jacobian_singular_values(encode, x[:points]))
-  return {"spectrum": sv.mean(0),
-          "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
-          "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
-          "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1)))}
+  run = TrainedRun.open(workdir)
+  encode, x = run.encode_one(), run.data.test.x
+  with run.precision():
+    sv = np.asarray(analysis.jacobian_singular_values(encode, x[:points]))
+    return {"spectrum": sv.mean(0),
+            "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
+            "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
+            "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1)))}
 
 
 def main(argv):

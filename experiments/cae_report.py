@@ -19,8 +19,11 @@ PUBLISHED = {0: (589.57, 20.99), 1: (115.13, 10.67), 2: (101.29, 10.13), 5: (86.
 PUBLISHED_EPOCH0 = (589.571872577, 20.9938791886)  # all the digits the tutorial's log shows
 
 
-def printed_line(record: dict) -> tuple[float, float]:
-  """The tutorial's two printed numbers, from an epoch record's first two steps."""
+def printed_line(record: dict) -> tuple[float, float] | None:
+  """The tutorial's two printed numbers, from an epoch record's first two steps; None when the record
+  lacks them (an epoch resumed without the metrics of its first steps: see train/steps_in_record)."""
+  if "train/step1/contractive" not in record:
+    return None
   cost = (record["train/step0/bce"] + record["train/step0/contractive"]) / 2
   norm = (np.sqrt(record["train/step1/bce"]) + np.sqrt(record["train/step1/contractive"])) / 2
   return cost, norm
@@ -39,8 +42,9 @@ def log_table(workdir: str) -> str:
     else:
       fmt = ("{:.2f}", "{:.2f}")
     ours = printed_line(r)
-    lines.append(f"| {epoch} | {fmt[0].format(published[0])} / {fmt[1].format(published[1])} | "
-                 f"{fmt[0].format(ours[0])} / {fmt[1].format(ours[1])} | "
+    ours = (f"{fmt[0].format(ours[0])} / {fmt[1].format(ours[1])}" if ours else
+            f"not logged (epoch resumed mid-way: {r.get('train/steps_in_record', '?')} steps in its record)")
+    lines.append(f"| {epoch} | {fmt[0].format(published[0])} / {fmt[1].format(published[1])} | {ours} | "
                  f"{r['train/bce']:.2f} / {r['train/contractive']:.2f} | {r['test/bce']:.2f} |")
   return "\n".join(lines)
 

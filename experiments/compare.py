@@ -21,7 +21,8 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.configs.rifai import GRID, PAPER_TEST_ERROR
-from jaxae import analysis, figures, train
+from jaxae import analysis, figures
+from jaxae.run import TrainedRun
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("rifai", "", "Root folder of experiments/rifai.py's runs.")
@@ -70,10 +71,6 @@ def rifai_tables(root: str) -> str:
                       "mean ‖J‖_F"], search))
 
 
-def _encode(model, params, x) -> np.ndarray:
-  return analysis.batched(lambda xb: model.apply({"params": params}, xb, method="encode"), x)
-
-
 def _flat(codes: np.ndarray) -> np.ndarray:
   return codes.reshape(len(codes), -1)
 
@@ -82,13 +79,13 @@ def probe_table(workdirs: list[str]) -> str:
   """Linear-probe test error of each encoder's codes, with raw pixels as the reference row."""
   rows, pixels_done = [], set()
   for workdir in tqdm(workdirs, desc="linear probes"):
-    config, model, params, splits = train.restore_trained(workdir)
-    tr, te = splits["train"], splits["test"]
+    run = TrainedRun.open(workdir)
+    config, tr, te = run.config, run.data.train, run.data.test
     if config.data.scaling not in pixels_done:
       pixels_done.add(config.data.scaling)
       err = analysis.linear_probe(np.asarray(tr.x), tr.labels, np.asarray(te.x), te.labels)
       rows.append([f"pixels ({config.data.scaling} scaling)", tr.x.shape[-1], len(tr.x), f"{100 * err:.2f}"])
-    train_codes, test_codes = _flat(_encode(model, params, tr.x)), _flat(_encode(model, params, te.x))
+    train_codes, test_codes = _flat(run.encode(tr.x)), _flat(run.encode(te.x))
     err = analysis.linear_probe(train_codes, tr.labels, test_codes, te.labels)
     rows.append([os.path.basename(workdir.rstrip("/")), train_codes.shape[-1], len(tr.x), f"{100 * err:.2f}"])
   return markdown(["encoder", "code size", "training images", "probe test error %"], rows)
@@ -98,11 +95,10 @@ def pca_table(workdirs: list[str]) -> str:
   """Test reconstruction MSE per pixel and probe error: each AE against PCA with as many components."""
   rows = []
   for workdir in tqdm(workdirs, desc="PCA comparison"):
-    config, model, params, splits = train.restore_trained(workdir)
-    tr, te = splits["train"], splits["test"]
-    recon = analysis.batched(lambda xb: model.apply({"params": params}, xb)["recon"], te.x)
-    ae_mse = float(np.mean((recon - np.asarray(te.x)) ** 2))
-    train_codes, test_codes = _flat(_encode(model, params, tr.x)), _flat(_encode(model, params, te.x))
+    run = TrainedRun.open(workdir)
+    tr, te = run.data.train, run.data.test
+    ae_mse = float(np.mean((run.reconstruct(te.x) - np.asarray(te.x)) ** 2))
+    train_codes, test_codes = _flat(run.encode(tr.x)), _flat(run.encode(te.x))
     k = test_codes.shape[-1]
     p = analysis.pca(np.asarray(tr.x), np.asarray(te.x), k)
     pca_mse = float(np.mean((p["test_recon"] - np.asarray(te.x, np.float64)) ** 2))
@@ -116,17 +112,19 @@ def pca_table(workdirs: list[str]) -> str:
 
 def anomaly_scores(workdir: str) -> dict[str, np.ndarray]:
   """Scores (higher = more anomalous) of the test digits 0-8 ("normal"), the 9s, noisy and rotated 0-8."""
-  config, model, params, splits = train.restore_trained(workdir)
-  te = splits["test"]
-  normal_digits = np.asarray(config.data.train_classes)
+  run = TrainedRun.open(workdir)
+  te = run.data.test
+  normal_digits = np.asarray(run.config.data.train_classes)
   labels = np.asarray(te.labels)
-  normal = te.x[np.isin(labels, normal_digits)]
-  noise = NOISE_STD * jax.random.normal(jax.random.PRNGKey(1), normal.shape, normal.dtype)
-  sets = {"normal (0-8)": normal, "unseen digits": te.x[~np.isin(labels, normal_digits)],
-          "noisy": jnp.clip(normal + noise, 0.0, 1.0), "rotated 90°": jnp.asarray(analysis.rotate(normal))}
-  if config.model.name == "vae":
-    return {k: analysis.neg_elbo_scores(jax.random.PRNGKey(2), model, params, x) for k, x in sets.items()}
-  return {k: analysis.reconstruction_scores(model, params, x) for k, x in sets.items()}
+  with run.precision():
+    normal = te.x[np.isin(labels, normal_digits)]
+    noise = NOISE_STD * jax.random.normal(jax.random.PRNGKey(1), normal.shape, normal.dtype)
+    sets = {"normal (0-8)": normal, "unseen digits": te.x[~np.isin(labels, normal_digits)],
+            "noisy": jnp.clip(normal + noise, *run.data.value_range),
+            "rotated 90°": jnp.asarray(analysis.rotate(normal, run.data.image_shape))}
+    if hasattr(run.model, "posterior"):  # a VAE: its -ELBO
+      return {k: analysis.neg_elbo_scores(jax.random.PRNGKey(2), run.model, run.params, x) for k, x in sets.items()}
+    return {k: analysis.reconstruction_scores(run.model, run.params, x) for k, x in sets.items()}
 
 
 def anomaly_table(workdirs: list[str], out_dir: str) -> str:

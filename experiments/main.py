@@ -13,8 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by TFDS o
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from experiments import report  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxae import parallel, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxae import parallel, report, run, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxae.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
@@ -56,9 +55,15 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   parallel.initialize_distributed()  # several hosts: when JAX_COORDINATOR_ADDRESS is set
   workdir = flags.FLAGS.workdir
+  config = flags.FLAGS.config
   try:
-    train.train_and_evaluate(flags.FLAGS.config, workdir)
-    paths = report.make_figures(workdir)
+    train.check_run(config, workdir)  # what needs no data first
+    parts = run.Components.from_config(config)  # the data read once, for training and figures
+    state = train.train_and_evaluate(config, workdir, parts=parts)
+    paths = report.make_figures(run.TrainedRun(workdir, parts, state.params, int(state.step)))
+  except train.Preempted as e:  # the state is saved; nothing else fits in the grace period
+    print(e)
+    return
   except (UserError, FloatingPointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2 if isinstance(e, UserError) else 1)

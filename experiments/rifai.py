@@ -1,8 +1,8 @@
 r"""Rifai et al. (ICML 2011) Table 1, MNIST column, reproduced: pretrain, search on validation, fine-tune, test.
 
 For every model (AE, AE + weight decay, DAE with Gaussian noise, CAE) and every regularisation strength
-of GRID, a 784-1000 tied sigmoid autoencoder is pretrained (experiments/configs/rifai.py) on the first
-50,000 training images; its encoder initialises a 784-1000-10 MLP, fine-tuned with softmax
+of GRID, a tied sigmoid autoencoder with 1000 hidden units is pretrained (experiments/configs/rifai.py) on
+the first 50,000 training images; its encoder initialises an MLP (1000 hidden units, 10 outputs), fine-tuned with softmax
 cross-entropy on the same images (plain SGD, batch 20, 30 epochs, the rate decayed to 0 by a cosine, from
 0.1, 0.5, 1.0 or 2.0). The last 10,000 training images are the validation split: they choose each model's
 strength, the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but chooses
@@ -16,16 +16,19 @@ Each run is resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import optax
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from experiments.configs import rifai as rifai_config
 from jaxae import analysis, data, finetune, metrics, train
+from jaxae.run import Components, TrainedRun
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
@@ -59,51 +62,92 @@ def configure(model: str, field: str, value, smoke: bool):
   return config
 
 
-def splits(smoke: bool) -> dict[str, data.Split]:
-  full = data.load_mnist(source="idx", scaling="unit")
-  tr, te = full["train"], full["test"]
-  n_train, n_valid, n_test = (200, 100, 100) if smoke else (VALID_FROM, 10_000, te.x.shape[0])
-  v = slice(n_train, n_train + n_valid)  # in full runs, n_train = VALID_FROM
-  return {"train": data.Split(tr.x[:n_train], tr.labels[:n_train]), "valid": data.Split(tr.x[v], tr.labels[v]),
-          "test": data.Split(te.x[:n_test], te.labels[:n_test])}
+def splits(smoke: bool) -> data.Dataset:
+  """MNIST (IDX files, pixels / 255) as train (the first 50,000), valid (the next 10,000) and test splits."""
+  d = rifai_config.get_config().data
+  d.train_subset = d.test_subset = 0
+  full = data.load(d, dtype=jnp.float32)
+  return three_splits(full, *((200, 100, 100) if smoke else (VALID_FROM, 10_000, 0)))
 
 
-def pretrain_and_finetune(config, workdir: str, parts: dict[str, data.Split], *, epochs: int, lr: float,
-                          batch_size: int) -> dict:
-  """Pretrains into `workdir` (resuming), then fine-tunes at rate `lr`; returns and saves the record."""
-  path = os.path.join(workdir, record_name(lr))
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  if config.epochs:
-    records = metrics.read_metrics(workdir) if os.path.isdir(workdir) else []
-    if not records or records[-1]["epoch"] < config.epochs:  # not pretrained yet (another rate may have done it)
-      train.train_and_evaluate(config, workdir)
-      records = metrics.read_metrics(workdir)
-    if not records or records[-1]["epoch"] < config.epochs:  # stopped early (SIGTERM): resume, never fine-tune
-      raise SystemExit(f"Pretraining of {workdir} stopped before epoch {config.epochs}; run the same command "
-                       "to resume it.")
-    _, model, params, _ = train.restore_trained(workdir)
-  else:  # no pretraining: the autoencoder's initial parameters
+def three_splits(full: data.Dataset, n_train: int, n_valid: int, n_test: int = 0) -> data.Dataset:
+  """`full` with the first n_train training examples as "train", the next n_valid as "valid", and the
+  first n_test test examples (0: all) as "test"."""
+  tr, te = full.train, full.test
+  v, t = slice(n_train, n_train + n_valid), slice(0, n_test or te.x.shape[0])
+  return dataclasses.replace(full, splits={"train": data.Split(tr.x[:n_train], tr.labels[:n_train]),
+                                           "valid": data.Split(tr.x[v], tr.labels[v]),
+                                           "test": data.Split(te.x[t], te.labels[t])})
+
+
+def pretraining_data(config, parts: data.Dataset) -> data.Dataset:
+  """What `config.data` would load, cut from `parts` instead of read again: its first train_subset
+  training and test_subset test examples."""
+  d = config.data
+  if d.source != "idx" or d.scaling != "unit" or tuple(d.get("train_classes", ())):
+    raise ValueError("rifai's pretraining data is cut from the fine-tuning splits: IDX files, unit scaling, all classes.")
+  n, m = d.train_subset or VALID_FROM, d.test_subset or parts.test.x.shape[0]
+  if n > parts.train.x.shape[0] or m > parts.test.x.shape[0]:
+    raise ValueError(f"config.data asks for {n} training and {m} test examples; the splits hold "
+                     f"{parts.train.x.shape[0]} and {parts.test.x.shape[0]}.")
+  return dataclasses.replace(parts, splits={"train": data.Split(parts.train.x[:n], parts.train.labels[:n]),
+                                            "test": data.Split(parts.test.x[:m], parts.test.labels[:m])})
+
+
+def pretrained(config, workdir: str, parts: data.Dataset) -> TrainedRun:
+  """The pretrained run in `workdir`: trained now unless done before; without pretraining (config.epochs
+  = 0) the autoencoder's initial parameters."""
+  components = Components.from_config(config, dataset=pretraining_data(config, parts))
+  if not config.epochs:
     os.makedirs(workdir, exist_ok=True)
-    model = train.build_from_config(config)[0]
-    params = model.init(jax.random.PRNGKey(config.seed), parts["train"].x[0])["params"]
-  jac_norm = analysis.jacobian_frobenius_norm(train.bind_encode(model, params), parts["test"].x)
-  classifier = finetune.Classifier(model)
+    with components.precision():
+      params = components.init_params(jax.random.PRNGKey(config.seed))
+    return TrainedRun(workdir, components, params, 0)
+  records = metrics.read_metrics(workdir) if os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)) else []
+  if not records or records[-1]["epoch"] < config.epochs:  # not pretrained yet
+    try:
+      state = train.train_and_evaluate(config, workdir, parts=components)
+    except train.Preempted as e:  # stopped early: resume, never fine-tune
+      raise SystemExit(f"{e} Pretraining of {workdir} stopped before epoch {config.epochs}.") from e
+    return TrainedRun(workdir, components, state.params, int(state.step))
+  return TrainedRun.open(workdir, dataset=components.data)
+
+
+def pretrain_and_finetune(config, workdir: str, parts: data.Dataset, *, epochs: int, lrs, batch_size: int
+                          ) -> dict[float, dict]:
+  """Pretrains into `workdir` (resuming) once, measures its mean ||J||_F once, then fine-tunes at each
+  rate of `lrs`; returns {rate: record} and saves each record (a rate already done is read back)."""
+  records, todo = {}, []
+  for lr in lrs:
+    path = os.path.join(workdir, record_name(lr))
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        records[lr] = json.load(f)
+    else:
+      todo.append(lr)
+  if not todo:
+    return records
+  run = pretrained(config, workdir, parts)
+  jac_norm = next((r["mean_jacobian_norm"] for r in records.values()), None)  # the same run: measured before
+  if jac_norm is None:
+    jac_norm = float(jnp.mean(analysis.jacobian_frobenius_norm(run.encode_one(), parts.test.x)))
+  classifier = finetune.Classifier(run.model)
   init_key, order_key = jax.random.split(jax.random.PRNGKey(config.seed + 1))
-  start = finetune.init_from_pretrained(init_key, classifier, params, parts["train"].x[:1])
-  bar = tqdm(total=epochs, desc=f"fine-tune {os.path.basename(workdir)}", unit="epoch")
-  schedule = optax.cosine_decay_schedule(lr, epochs * (parts["train"].x.shape[0] // batch_size))
-  result = finetune.finetune(order_key, classifier, start, optax.sgd(schedule), parts["train"], parts["valid"],
-                             parts["test"], epochs=epochs, batch_size=batch_size,
-                             progress=lambda r: (bar.update(), bar.set_postfix(valid=r["valid_error"])))
-  bar.close()
-  record = {"mean_jacobian_norm": float(jac_norm.mean()), "history": result["history"], "best": result["best"],
-            "finetune": {"epochs": epochs, "learning_rate": lr, "schedule": "cosine", "batch_size": batch_size}}
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=1)
-  os.replace(path + ".tmp", path)  # atomic: a killed run leaves no half-written record
-  return record
+  start = finetune.init_from_pretrained(init_key, classifier, run.params, parts.train.x[:1])
+  for lr in todo:
+    bar = tqdm(total=epochs, desc=f"fine-tune {os.path.basename(workdir)}, lr {lr:g}", unit="epoch")
+    schedule = optax.cosine_decay_schedule(lr, epochs * (parts.train.x.shape[0] // batch_size))
+    result = finetune.finetune(order_key, classifier, start, optax.sgd(schedule), parts.train, parts.splits["valid"],
+                               parts.test, epochs=epochs, batch_size=batch_size,
+                               progress=lambda r: (bar.update(), bar.set_postfix(valid=r["valid_error"])))
+    bar.close()
+    records[lr] = {"mean_jacobian_norm": jac_norm, "history": result["history"], "best": result["best"],
+                   "finetune": {"epochs": epochs, "learning_rate": lr, "schedule": "cosine", "batch_size": batch_size}}
+    path = os.path.join(workdir, record_name(lr))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(records[lr], f, indent=1)
+    os.replace(path + ".tmp", path)  # atomic: a killed run leaves no half-written record
+  return records
 
 
 def main(argv):
@@ -112,15 +156,15 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--models holds {sorted(unknown)}; known: {', '.join(GRID)}.")
   lrs = [float(lr) for lr in FLAGS.finetune_lrs]
-  parts = splits(FLAGS.smoke)
+  parts = splits(FLAGS.smoke)  # read once for every run
   for model in FLAGS.models:
     field, values = GRID[model]
     for value in values:
       workdir = os.path.join(FLAGS.root, run_name(model, value))
-      for lr in lrs:
-        record = pretrain_and_finetune(configure(model, field, value, FLAGS.smoke), workdir, parts,
-                                       epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lr=lr,
-                                       batch_size=FLAGS.finetune_batch)
+      records = pretrain_and_finetune(configure(model, field, value, FLAGS.smoke), workdir, parts,
+                                      epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
+                                      batch_size=FLAGS.finetune_batch)
+      for lr, record in records.items():
         logging.info("%s, lr %g: valid %.4f test %.4f (epoch %d), mean ||J||_F %.3f", workdir, lr,
                      record["best"]["valid_error"], record["best"]["test_error"], record["best"]["epoch"],
                      record["mean_jacobian_norm"])

@@ -1,7 +1,8 @@
 """A trained VAE's figures and numbers: prior samples, latent interpolations, reconstructions at every kept
 checkpoint, and the importance-weighted bound on the test log-likelihood (Bernoulli decoders).
 
-  python -m experiments.vae_report --workdir runs/s3_bernoulli --num_samples 5000 [--figures_dir DIR]
+  python -m experiments.vae_report --workdir runs/s3_bernoulli --num_samples 5000 [--figures_dir DIR] \
+      [--pairs=0-1,2-3,4-9,5-6,7-8]
 """
 
 from __future__ import annotations
@@ -12,26 +13,34 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from jaxae import analysis, checkpoint, figures, metrics, train
 from jaxae.errors import UserError
+from jaxae.report import one_per_class
+from jaxae.run import TrainedRun
 
 FLAGS = flags.FLAGS
 
 
-def checkpoint_params(workdir: str, config, model, x0) -> dict[int, dict]:
-  """{step: params} of every checkpoint kept in the workdir."""
-  _, _, tx = train.build_from_config(config)
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                    train.create_state(jax.random.PRNGKey(0), model, tx, x0))
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"))
-  out = {step: manager.restore(step, args=ocp.args.StandardRestore(abstract)).params
-         for step in sorted(manager.all_steps())}
-  manager.close()
-  return out
+def checkpoint_params(run: TrainedRun) -> dict[int, dict]:
+  """{step: params} of every readable checkpoint kept in the run's workdir."""
+  manager = checkpoint.make_manager(os.path.join(run.workdir, "checkpoints"))
+  try:
+    with run.precision():
+      like = train.create_state(jax.random.PRNGKey(0), run.model, run.parts.tx, run.data.train.x[0])
+      kept = {}
+      for step in sorted(manager.all_steps()):
+        try:
+          kept[step] = checkpoint.restore_step(manager, step, like).params
+        except UserError:
+          raise
+        except Exception as e:  # pylint: disable=broad-except  (a damaged checkpoint: drawn without it)
+          logging.warning("Checkpoint at step %d is damaged (%s); left out of the figure.", step, type(e).__name__)
+      return kept
+  finally:
+    manager.close()
 
 
 def iwae_test_bound(key, model, params, x, *, num_samples: int, batch_size: int = 100) -> np.ndarray:
@@ -46,15 +55,16 @@ def iwae_test_bound(key, model, params, x, *, num_samples: int, batch_size: int 
 
 
 def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test_examples: int = 0,
-           seed: int = 0) -> dict[str, float]:
+           seed: int = 0, pairs: list[tuple[int, int]] | None = None) -> dict[str, float]:
   """Writes the figures, prints the numbers and returns them ("test_loss", and "iwae_nll" when computed)."""
-  config, model, params, splits = train.restore_trained(workdir)
-  if config.model.name != "vae":
-    raise UserError(f"{workdir!r} holds a {config.model.name!r} model; vae_report needs model 'vae'.")
+  run = TrainedRun.open(workdir)
+  config, model, params, test = run.config, run.model, run.params, run.data.test
+  if not hasattr(model, "posterior"):
+    raise UserError(f"{workdir!r} holds a {config.model.name!r} model; vae_report needs a VAE (a model with "
+                    "posterior(x) -> (mu, logvar) and decoder_logits(z)).")
   out_dir = figures_dir or os.path.join(workdir, "figures")
   os.makedirs(out_dir, exist_ok=True)
-  test = splits["test"]
-  value_range = (-1.0, 1.0) if config.data.scaling == "symmetric" else (0.0, 1.0)
+  shape, value_range = run.data.image_shape, run.data.value_range
   decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method="decode"))
   mu = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode"))
 
@@ -63,35 +73,42 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
     figures.plt.close(fig)
     print(os.path.join(out_dir, name))
 
-  latents = config.model.kwargs.latents
-  z = jax.random.normal(jax.random.PRNGKey(seed), (64, latents))
-  save(figures.image_grid(np.asarray(decode(params, z)), cols=8, value_range=value_range,
-                          title="Decoded samples z ~ N(0, I) from the prior"), "prior_samples.png")
   labels = np.asarray(test.labels)
-  pairs = [(0, 1), (2, 3), (4, 9), (5, 6), (7, 8)]
-  first = {d: int(np.argmax(labels == d)) for d in range(10)}
-  ends = mu(params, test.x[np.array([first[d] for pair in pairs for d in pair])]).reshape(len(pairs), 2, -1)
-  t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
-  path = (1 - t) * ends[:, :1] + t * ends[:, 1:]  # [pairs, 10, L]
-  save(figures.image_grid(np.asarray(decode(params, path.reshape(-1, latents))), cols=10, value_range=value_range,
-                          title="Decoded straight lines between the posterior means of two test digits"),
-       "interpolation.png")
-  kept = checkpoint_params(workdir, config, model, test.x[0])
-  if len(kept) > 1:
-    x = test.x[np.array([first[d] for d in range(10)])]
-    steps_per_epoch = splits["train"].x.shape[0] // config.batch_size
-    rows = [np.asarray(x)] + [np.asarray(decode(p, mu(p, x))) for p in kept.values()]
-    save(figures.image_rows(rows, row_titles=["input"] + [f"epoch {s // steps_per_epoch}" for s in kept],
-                            value_range=value_range), "reconstructions_by_epoch.png")
+  first = dict(zip(np.unique(labels)[:10].tolist(), one_per_class(labels, 10).tolist()))
+  with run.precision():
+    latents = run.encode(test.x[:1]).shape[-1]
+    z = jax.random.normal(jax.random.PRNGKey(seed), (64, latents))
+    save(figures.image_grid(run.data.images(decode(params, z)), cols=8, shape=shape, value_range=value_range,
+                            title="Decoded samples z ~ N(0, I) from the prior"), "prior_samples.png")
+    classes = list(first)
+    pairs = pairs or [(classes[i], classes[(i + 1) % len(classes)]) for i in range(0, len(classes), 2)]
+    unknown = sorted({c for pair in pairs for c in pair} - set(first))
+    if unknown:
+      raise UserError(f"--pairs names classes {unknown}, which are not among the test labels {classes}.")
+    ends = mu(params, test.x[np.array([first[c] for pair in pairs for c in pair])]).reshape(len(pairs), 2, -1)
+    t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
+    path = (1 - t) * ends[:, :1] + t * ends[:, 1:]  # [pairs, 10, L]
+    save(figures.image_grid(run.data.images(decode(params, path.reshape(-1, latents))), cols=10, shape=shape,
+                            value_range=value_range,
+                            title="Decoded straight lines between the posterior means of two test examples"),
+         "interpolation.png")
+    kept = checkpoint_params(run)
+    if len(kept) > 1:
+      x = test.x[np.array(list(first.values()))]
+      steps_per_epoch = run.data.train.x.shape[0] // config.batch_size
+      rows = [run.data.images(x)] + [run.data.images(decode(p, mu(p, x))) for p in kept.values()]
+      save(figures.image_rows(rows, row_titles=["input"] + [f"epoch {s // steps_per_epoch}" for s in kept],
+                              shape=shape, value_range=value_range), "reconstructions_by_epoch.png")
 
   last = metrics.read_metrics(workdir)[-1]
   numbers = {"test_loss": last["test/loss"]}
   print(f"test loss per example (negative ELBO, one z per example): {last['test/loss']:.2f} "
         f"after {last['epoch']} epochs")
-  if config.model.kwargs.output_activation == "sigmoid" and num_samples:
+  if "logits" in run.apply(test.x[:1]) and num_samples:
     n = test_examples or test.x.shape[0]
     t0 = time.perf_counter()
-    bound = iwae_test_bound(jax.random.PRNGKey(seed + 1), model, params, test.x[:n], num_samples=num_samples)
+    with run.precision():
+      bound = iwae_test_bound(jax.random.PRNGKey(seed + 1), model, params, test.x[:n], num_samples=num_samples)
     numbers["iwae_nll"] = float(-bound.mean())
     print(f"IWAE bound, k={num_samples}, {n} test examples: -log p(x) <= {-bound.mean():.2f} nats "
           f"per example ({time.perf_counter() - t0:.0f} s)")
@@ -102,7 +119,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   report(FLAGS.workdir, figures_dir=FLAGS.figures_dir, num_samples=FLAGS.num_samples,
-         test_examples=FLAGS.test_examples, seed=FLAGS.seed)
+         test_examples=FLAGS.test_examples, seed=FLAGS.seed,
+         pairs=[tuple(int(c) for c in p.split("-")) for p in FLAGS.pairs])
 
 
 if __name__ == "__main__":
@@ -111,4 +129,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_samples", 5000, "k of the importance-weighted bound (0 skips it).")
   flags.DEFINE_integer("test_examples", 0, "Test examples for the bound (0 = all).")
   flags.DEFINE_integer("seed", 0, "Seed of the prior samples and the importance samples.")
+  flags.DEFINE_list("pairs", [], "Class pairs A-B whose test examples are interpolated (default: consecutive "
+                    "classes; the README's MNIST figure used 0-1,2-3,4-9,5-6,7-8).")
   app.run(main)

@@ -20,12 +20,6 @@ from sklearn.preprocessing import StandardScaler
 from jaxae import losses
 
 
-def _jacobian(encode: Callable, example: jax.Array) -> Callable:
-  """jacfwd or jacrev, whichever costs less for the Jacobian's value (see losses.jacobian_mode)."""
-  mode = losses.jacobian_mode(encode, example, differentiated=False)
-  return jax.jacfwd(encode) if mode == "jacfwd" else jax.jacrev(encode)
-
-
 def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int = 50) -> jax.Array:
   """Singular values of the encoder Jacobian dh/dx at each point, largest first.
 
@@ -37,8 +31,8 @@ def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int 
   Returns:
     [N, min(K, D)] singular values.
   """
-  jac = _jacobian(encode, x[0])
-  svals = jax.jit(jax.vmap(lambda xi: jnp.linalg.svd(jac(xi).reshape(-1, xi.size), compute_uv=False)))
+  svals = jax.jit(lambda xb: jnp.linalg.svd(losses.jacobian(encode, xb).reshape(xb.shape[0], -1, xb[0].size),
+                                            compute_uv=False))
   return jnp.concatenate([svals(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
@@ -46,8 +40,7 @@ def jacobian_frobenius_norm(encode: Callable, x: jax.Array, *, batch_size: int =
   """||dh/dx||_F at each point: [N], exact (jacfwd or jacrev, the cheaper).
 
   Rifai et al. (2011), Table 1, reports its mean over the test set."""
-  jac = _jacobian(encode, x[0])
-  norms = jax.jit(jax.vmap(lambda xi: jnp.sqrt(jnp.sum(jac(xi) ** 2))))
+  norms = jax.jit(lambda xb: jnp.sqrt(jnp.sum(losses.jacobian(encode, xb).reshape(xb.shape[0], -1) ** 2, axis=-1)))
   return jnp.concatenate([norms(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
@@ -187,7 +180,8 @@ def neg_elbo_scores(key: jax.Array, model: nn.Module, params, x: jax.Array, *, n
                  x, batch_size=batch_size)
 
 
-def rotate(x: np.ndarray, *, quarter_turns: int = 1, shape: tuple[int, int] = (28, 28)) -> np.ndarray:
-  """Flattened images [N, H*W] turned by quarter_turns * 90 degrees (exact; no interpolation)."""
-  images = np.asarray(x).reshape(-1, *shape)
+def rotate(x: np.ndarray, image_shape: tuple[int, ...], *, quarter_turns: int = 1) -> np.ndarray:
+  """Flattened images [N, H*W*C] turned by quarter_turns * 90 degrees (exact; no interpolation); image_shape
+  is (H, W[, C])."""
+  images = np.asarray(x).reshape(-1, *image_shape)
   return np.rot90(images, quarter_turns, axes=(1, 2)).reshape(len(images), -1)

@@ -14,7 +14,8 @@ from jaxae.errors import UserError
 
 # Config fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
-                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll")
+                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll",
+                     "start_over_if_damaged")
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -35,31 +36,53 @@ def save(manager: ocp.CheckpointManager, state) -> None:
   manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state):
+def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = False):
   """The latest readable checkpoint restored into the structure, shapes and shardings of `state`, or
   `state` itself when there is none. A damaged checkpoint (a truncated or missing file) is skipped with
-  a warning that names its step, and the one before it is tried. A readable checkpoint whose arrays
-  differ from `state`'s in name or shape (saved by another model or optimizer) raises UserError naming
-  the first differences (falling back, as for a damaged one, would silently start over)."""
+  a warning that names its step, and the one before it is tried. When every checkpoint is damaged,
+  raises UserError, or returns `state` (starting over) with `start_over`. A readable checkpoint whose
+  arrays differ from `state`'s in name or shape (saved by another model or optimizer) raises UserError
+  naming the first differences (falling back, as for a damaged one, would silently start over)."""
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      saved = _shapes(manager.metadata(step).item_metadata.tree)
+      saved = manager.metadata(step).item_metadata.tree
     except Exception as e:  # pylint: disable=broad-except  (unreadable metadata: a damaged checkpoint)
       _warn_damaged(manager, step, e)
       continue
-    differences = _differences(saved, _shapes(state))
-    if differences:
-      more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
-      raise UserError(
-          f"The checkpoint at step {step} in {str(manager.directory)!r} was saved by another model or "
-          f"optimizer: {'; '.join(differences[:3])}{more}. Train this config in a new --workdir, or "
-          "resume this one with the model and optimizer it was trained with.")
+    _refuse_other_model(manager, step, saved, state)
     try:
       return manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many types)
       _warn_damaged(manager, step, e)
+  steps = sorted(manager.all_steps())
+  if steps and not start_over:
+    raise UserError(f"Every checkpoint in {str(manager.directory)!r} is damaged (steps {', '.join(map(str, steps))}; "
+                    "the warnings above say how). Nothing was trained over them. Move the folder aside to keep "
+                    "it, or pass --config.start_over_if_damaged=True to train this run again from the start.")
+  for step in steps:  # starting over: the damaged ones moved aside (kept, and out of the way of new saves)
+    os.rename(os.path.join(manager.directory, str(step)), os.path.join(manager.directory, f"damaged_{step}"))
+  if steps:
+    manager.reload()
   return state
+
+
+def restore_step(manager: ocp.CheckpointManager, step: int, state):
+  """The checkpoint at `step` restored into the structure, shapes and shardings of `state` (arrays or
+  jax.ShapeDtypeStruct); UserError when it was saved by another model or optimizer."""
+  _refuse_other_model(manager, step, manager.metadata(step).item_metadata.tree, state)
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def _refuse_other_model(manager: ocp.CheckpointManager, step: int, saved_tree, state) -> None:
+  differences = _differences(_shapes(saved_tree), _shapes(state))
+  if differences:
+    more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+    raise UserError(
+        f"The checkpoint at step {step} in {str(manager.directory)!r} was saved by another model or "
+        f"optimizer: {'; '.join(differences[:3])}{more}. Train this config in a new --workdir, or "
+        "resume this one with the model and optimizer it was trained with.")
 
 
 def _warn_damaged(manager: ocp.CheckpointManager, step: int, e: Exception) -> None:

@@ -1,8 +1,15 @@
-"""MNIST from TFDS or IDX files into device arrays, preprocessing, and per-epoch batch indices."""
+"""Datasets into device arrays (MNIST from TFDS or IDX files), preprocessing, and per-epoch batch indices.
+
+`load(config.data)` returns a `Dataset`: the splits, the shape of one image and how to draw it. Nothing
+else in jaxae knows what the images are.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import json
+import math
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -42,7 +49,7 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """MNIST images [N, 28, 28] uint8 and labels [N] in the files' own order."""
+  """MNIST images [N, H, W] uint8 and labels [N] in the files' own order."""
   found = []
   for stem in IDX_FILES[split]:
     candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
@@ -56,7 +63,7 @@ def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """MNIST images [N, 28, 28] uint8 and labels [N] through `tfds.load(batch_size=-1)`, TFDS's order."""
+  """MNIST images [N, H, W, C] uint8 and labels [N] through `tfds.load(batch_size=-1)`, TFDS's order."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
 
@@ -72,14 +79,14 @@ def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True)
         f"{problem}. With network access nothing is needed: leave --config.data.download=True and "
         "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
         "holds mnist/3.0.1 prepared by TFDS (this project's shared/data/tfds is one).") from e
-  return ds["image"][..., 0], ds["label"]
+  return ds["image"], ds["label"]
 
 
 def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -> np.ndarray:
   """uint8 images [N, ...] -> float64 [N, D] flattened (cast to the run's dtype on the device).
 
   Args:
-    images: [N, 28, 28] uint8.
+    images: [N, ...] uint8 (any image shape; flattened here).
     scaling: "unit": x / 255 in [0, 1]; "unit256": x / 256, as the Theano tutorial's mnist.pkl.gz
       (largest value 0.99609375); "symmetric": (x / 255 - 0.5) / 0.5 in [-1, 1];
       "centered": x / 255 minus `mean`.
@@ -102,15 +109,80 @@ def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -
 
 
 class Split(NamedTuple):
-  """One split on the device: x [N, 784] float, labels [N] int32."""
+  """One split on the device: x [N, D] float (each image flattened), labels [N] int32."""
   x: jax.Array
   labels: jax.Array
 
 
-def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int = 0,
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Both splits on the device, and what one example is.
+
+  Attributes:
+    splits: {"train": Split, "test": Split}; x holds each image flattened, [N, D] with D = H * W * C.
+    image_shape: (H, W, C) of one image (models that need it, convolutions and figures, read it here).
+    offset: what the scaling subtracted, added back for display: the mean training image [D] for
+      "centered", else 0.
+    value_range: (low, high) of the scaled pixels plus `offset`, for display.
+  """
+  splits: dict[str, Split]
+  image_shape: tuple[int, int, int]
+  offset: np.ndarray | float = 0.0
+  value_range: tuple[float, float] = (0.0, 1.0)
+
+  @property
+  def train(self) -> Split:
+    return self.splits["train"]
+
+  @property
+  def test(self) -> Split:
+    return self.splits["test"]
+
+  @property
+  def size(self) -> int:
+    """D, the length of one flattened example."""
+    return int(np.prod(self.image_shape))
+
+  def images(self, x) -> np.ndarray:
+    """Flattened examples [N, D] (scaled as the data) -> images [N, H, W, C] on the host, offset added back."""
+    return (np.asarray(x, np.float64).reshape(-1, self.size) + self.offset).reshape((-1, *self.image_shape))
+
+
+_LOADED: dict[str, Dataset] = {}  # the last datasets loaded in this process, by what they were loaded from
+_KEEP = 2
+
+
+def load(data_config, *, dtype=jnp.float32) -> Dataset:
+  """The dataset that a config's `data` section describes (see experiments/configs/default.py).
+
+  The last two datasets loaded stay in memory: scripts that open several runs of the same data (reports,
+  comparisons, sweeps) read it once per process. Their arrays are immutable, so sharing them is safe.
+  """
+  d = data_config
+  key = json.dumps([d.to_dict(), jnp.dtype(dtype).name, os.environ.get("TFDS_DATA_DIR"),
+                    os.environ.get("JAXAE_IDX_DIR")], sort_keys=True, default=str)
+  if key not in _LOADED:
+    while len(_LOADED) >= _KEEP:
+      _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = _load(d, dtype)
+  return _LOADED[key]
+
+
+def _load(d, dtype) -> Dataset:
+  return load_dataset(source=d.source, scaling=d.scaling, train_subset=d.train_subset, test_subset=d.test_subset,
+                      data_dir=d.data_dir, download=d.download, train_classes=tuple(d.get("train_classes", ())),
+                      dtype=dtype)
+
+
+def load_mnist(**kwargs) -> dict[str, Split]:
+  """The splits of `load_dataset(**kwargs)`."""
+  return load_dataset(**kwargs).splits
+
+
+def load_dataset(*, source: str = "tfds", scaling: str = "unit", train_subset: int = 0,
                test_subset: int = 0, data_dir: str = "", download: bool = True,
-               train_classes: Sequence[int] = (), dtype=jnp.float32) -> dict[str, Split]:
-  """Both MNIST splits, preprocessed, as device arrays.
+               train_classes: Sequence[int] = (), dtype=jnp.float32) -> Dataset:
+  """Both MNIST splits, preprocessed, as device arrays, with their image shape.
 
   Args:
     source: "tfds" (TFDS's order) or "idx" (IDX files in file order, from `data_dir` or JAXAE_IDX_DIR).
@@ -123,7 +195,7 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
     dtype: float dtype of the images on the device.
 
   Returns:
-    {"train": Split, "test": Split}.
+    A Dataset.
   """
   if source not in SOURCES:
     raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
@@ -139,6 +211,7 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
         raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
                         "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
       images, labels = load_idx(directory, split)
+      images = images[..., None]  # one channel
     if n:
       images, labels = images[:n], labels[:n]
     if split == "train" and len(train_classes):
@@ -154,7 +227,39 @@ def load_mnist(*, source: str = "tfds", scaling: str = "unit", train_subset: int
     x = scale(images, scaling=scaling, mean=mean)
     refuse_non_finite(x, split=split, scaling=scaling)
     splits[split] = Split(jnp.asarray(x, dtype), jnp.asarray(labels, jnp.int32))
-  return splits
+  return Dataset(splits, tuple(int(n) for n in raw["train"][0].shape[1:]), 0.0 if mean is None else mean,
+                 (-1.0, 1.0) if scaling == "symmetric" else (0.0, 1.0))
+
+
+def synthetic(key: jax.Array, image_shape: Sequence[int], *, n_train: int, n_test: int = 1,
+              dtype=jnp.float32) -> Dataset:
+  """A Dataset of uniform random images in [0, 1) and random labels 0-9: for benchmarks, which need the
+  data's shape, not its content."""
+  shape = tuple(int(n) for n in image_shape)
+  x_key, label_key = jax.random.split(key)
+  x = jax.random.uniform(x_key, (n_train + n_test, math.prod(shape)), dtype)
+  labels = jax.random.randint(label_key, (n_train + n_test,), 0, 10)
+  return Dataset({"train": Split(x[:n_train], labels[:n_train]), "test": Split(x[n_train:], labels[n_train:])},
+                 shape)
+
+
+def example_shape(data_config) -> tuple[int, int, int]:
+  """(H, W, C) of one image of the dataset `data_config` names, read from its metadata, not its images."""
+  d = data_config
+  if d.source == "idx":
+    directory = d.data_dir or os.environ.get("JAXAE_IDX_DIR", "")
+    stem = os.path.join(directory, IDX_FILES["test"][0])
+    path = next((p for p in (stem + ".gz", stem) if os.path.exists(p)), None)
+    if path is None:
+      raise UserError(f"MNIST IDX file {stem}(.gz) not found; point --config.data.data_dir (or JAXAE_IDX_DIR) "
+                      "at the folder of the MNIST IDX files.")
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+      header = f.read(16)
+    return (*(int(v) for v in np.frombuffer(header, ">u4", count=2, offset=8)), 1)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
+  builder = tfds.builder("mnist", data_dir=d.data_dir or os.environ.get("TFDS_DATA_DIR") or None)
+  return tuple(int(n) for n in builder.info.features["image"].shape)
 
 
 def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:

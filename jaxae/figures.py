@@ -35,15 +35,27 @@ def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test
   return fig
 
 
-def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape=(28, 28),
+def _imshow(ax, image: np.ndarray, shape: Sequence[int], value_range: tuple[float, float]) -> None:
+  """One image, flattened or not, of shape (H, W) or (H, W, C): grey for one channel, colour for three."""
+  image = np.asarray(image, np.float64).reshape(shape)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  if image.ndim == 2:
+    ax.imshow(image, cmap="gray", vmin=value_range[0], vmax=value_range[1])
+  else:  # imshow takes colour in [0, 1]
+    ax.imshow(np.clip((image - value_range[0]) / (value_range[1] - value_range[0]), 0.0, 1.0))
+
+
+def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape: Sequence[int],
                value_range: tuple[float, float] = (0.0, 1.0)):
-  """Rows of images: rows[r] is [n, prod(shape)]; one titled row each (inputs over reconstructions)."""
+  """Rows of images: rows[r] is [n, prod(shape)] (or [n, *shape]), shape (H, W[, C]); one titled row each
+  (inputs over reconstructions)."""
   n = rows[0].shape[0]
   fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
   for r, (images, title) in enumerate(zip(rows, row_titles)):
     for i in range(n):
       ax = axes[r, i]
-      ax.imshow(np.asarray(images[i]).reshape(shape), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+      _imshow(ax, images[i], shape, value_range)
       ax.set_xticks([])
       ax.set_yticks([])
     axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
@@ -68,23 +80,43 @@ def curves(lines: dict[str, tuple[np.ndarray, np.ndarray]], *, xlabel: str, ylab
   return fig
 
 
-def loss_curves(records: Sequence[dict], *, keys: Sequence[str] = ("train/loss", "test/loss"),
-                title: str = "Loss"):
-  """Curves of the given metrics against the epoch, from metrics.jsonl records."""
+def loss_curves(records: Sequence[dict], *, keys: Sequence[str] | None = None, title: str = "Loss"):
+  """Curves of metrics against the epoch, from metrics.jsonl records: `keys`, or by default the train
+  and test loss and, when the loss has several terms, each term (unweighted) in a panel of its own."""
   epochs = np.array([r["epoch"] for r in records])
-  return curves({key: (epochs, np.array([r[key] for r in records])) for key in keys
-                 if all(key in r for r in records)}, xlabel="epoch", ylabel="loss", title=title)
+  line = lambda key: (epochs, np.array([r[key] for r in records]))
+  present = lambda key: all(key in r for r in records)
+  if keys is not None:
+    return curves({key: line(key) for key in keys if present(key)}, xlabel="epoch", ylabel="loss", title=title)
+  terms = [k.split("/", 1)[1] for k in records[-1] if k.startswith("train/") and k.count("/") == 1
+           and k not in ("train/loss", "train/steps_in_record") and present(k)]
+  panels = [("loss (weighted sum)", "loss")] + ([(t, t) for t in terms] if len(terms) > 1 else [])
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  for ax, (label, key) in zip(axes[0], panels):
+    for split in ("train", "test"):
+      if present(f"{split}/{key}"):
+        ax.plot(*line(f"{split}/{key}"), marker="o", ms=3, label=split)
+    values = np.concatenate([line(f"{s}/{key}")[1] for s in ("train", "test") if present(f"{s}/{key}")])
+    ax.set_yscale("log" if np.all(values > 0) else "linear")
+    ax.set_xlabel("epoch")
+    ax.set_title(label)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  return fig
 
 
-def filter_tiles(kernel: np.ndarray, *, rows: int = 10, cols: int = 10, shape=(28, 28), title: str = "Filters"):
-  """The first rows*cols filters (columns of kernel [D, K]) as images, each scaled to its own range."""
+def filter_tiles(kernel: np.ndarray, *, shape: Sequence[int], rows: int = 10, cols: int = 10, title: str = "Filters"):
+  """The first rows*cols filters (columns of kernel [D, K], D = prod(shape)) as images of `shape` (H, W[, C]),
+  each scaled to its own range."""
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.75, rows * 0.75 + 0.4), squeeze=False)
   for n, ax in enumerate(axes.ravel()):
     ax.set_xticks([])
     ax.set_yticks([])
     if n < kernel.shape[1]:
-      w = np.asarray(kernel[:, n]).reshape(shape)
-      ax.imshow((w - w.min()) / (np.ptp(w) + 1e-12), cmap="gray", vmin=0.0, vmax=1.0)
+      w = np.asarray(kernel[:, n])
+      _imshow(ax, (w - w.min()) / (np.ptp(w) + 1e-12), shape, (0.0, 1.0))
   fig.suptitle(title, fontsize=10)
   fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.05)
   return fig
@@ -103,9 +135,10 @@ def contraction_curves(radii: np.ndarray, values: dict[str, np.ndarray], *,
                 ylabel="contraction ratio", title=title, logx=True)
 
 
-def image_grid(images: np.ndarray, *, cols: int, shape=(28, 28), value_range: tuple[float, float] = (0.0, 1.0),
+def image_grid(images: np.ndarray, *, cols: int, shape: Sequence[int], value_range: tuple[float, float] = (0.0, 1.0),
                titles: Sequence[str] | None = None, title: str = ""):
-  """Images [n, prod(shape)] in a grid of `cols` columns, each with an optional small title."""
+  """Images [n, prod(shape)] (or [n, *shape]), shape (H, W[, C]), in a grid of `cols` columns, each with an
+  optional small title."""
   n = images.shape[0]
   rows = -(-n // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * (1.05 if titles else 0.9) + 0.35),
@@ -114,7 +147,7 @@ def image_grid(images: np.ndarray, *, cols: int, shape=(28, 28), value_range: tu
     ax.set_xticks([])
     ax.set_yticks([])
     if i < n:
-      ax.imshow(np.asarray(images[i]).reshape(shape), cmap="gray", vmin=value_range[0], vmax=value_range[1])
+      _imshow(ax, images[i], shape, value_range)
       if titles:
         ax.set_title(titles[i], fontsize=7, pad=2)
     else:

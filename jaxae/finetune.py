@@ -1,5 +1,6 @@
 """Supervised fine-tuning of a pretrained encoder: encoder + softmax layer, trained on labels
-(Rifai et al., 2011, Table 1: each pretrained 784-1000 encoder initialises a 784-1000-10 MLP)."""
+(Rifai et al., 2011, Table 1: each pretrained 1000-unit encoder initialises an MLP with one hidden layer of 1000
+and 10 outputs)."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def jacobian_mode(encode, example: jax.Array, mode: str = "auto", *, differentia
   D is the size of one input, K of its code. For the Jacobian alone, forward mode costs ~D and reverse
   mode ~K passes, so auto takes jacrev when K < D. Inside a training loss the penalty is differentiated
   once more, and reverse-over-forward (jacfwd inside grad) is far cheaper than reverse-over-reverse:
-  measured on the 2-core CPU (`python -m experiments.bench_penalty --nets=`: one sigmoid layer 784-K,
+  measured on the 2-core CPU (`python -m experiments.bench_penalty --nets=`: one sigmoid layer D-K, MNIST's D,
   batch 32, ms per Adam step, jacfwd / jacrev): K=16: 2.1 / 1.0; K=32: 3.1 / 2.1; K=64: 6.9 / 8.0;
   K=128: 14.6 / 48.9; K=512: 119 / 422; K=1024: 255 / 1451. So with `differentiated` (the default)
   auto takes jacrev only when K <= D / 16.
@@ -142,6 +142,22 @@ def _per_example(fn, *xs, examples_per_pass: int = 0):
   if examples_per_pass and examples_per_pass < xs[0].shape[0]:
     return jax.lax.map(lambda a: fn(*a), xs, batch_size=examples_per_pass)
   return jax.vmap(fn)(*xs)
+
+
+def jacobian(encode, x: jax.Array, *, mode: str = "auto", examples_per_pass: int = 0) -> jax.Array:
+  """Exact encoder Jacobian dh/dx of each example.
+
+  Args:
+    encode: one example [*S] -> code [*K] (parameters bound).
+    x: [B, *S] inputs.
+    mode: "jacfwd", "jacrev" or "auto" (the cheaper for the Jacobian's value: jacrev when K < D).
+    examples_per_pass: as in `jacobian_sq_norm`.
+
+  Returns:
+    [B, K, *S], K the size of the (flattened) code.
+  """
+  jac = jax.jacfwd(encode) if jacobian_mode(encode, x[0], mode, differentiated=False) == "jacfwd" else jax.jacrev(encode)
+  return _per_example(lambda xi: jac(xi).reshape(-1, *xi.shape), x, examples_per_pass=examples_per_pass)
 
 
 def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd", examples_per_pass: int = 0) -> jax.Array:

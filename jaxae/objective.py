@@ -30,6 +30,7 @@ class LossInputs(NamedTuple):
     params: the model parameters (for weight decay and the like).
     encode: one example [D] -> its code [K], parameters bound (for Jacobian penalties).
     key: PRNG key of this step for stochastic terms (projections, corruption), or None.
+    model: the flax module that made `out` (static; for terms that need its structure), or None.
   """
   x: jax.Array
   x_in: jax.Array
@@ -37,15 +38,23 @@ class LossInputs(NamedTuple):
   params: Any
   encode: Callable[[jax.Array], jax.Array]
   key: jax.Array | None = None
+  model: Any = None
 
 
 Term = Callable[[LossInputs], jax.Array]
 TERMS: dict[str, Term] = {}
 
 
-def register(name: str) -> Callable[[Term], Term]:
-  """Decorator: makes the term available to configs as `name`."""
+def register(name: str, *, replace: bool = False) -> Callable[[Term], Term]:
+  """Decorator: makes the term available to configs as `name`.
+
+  A name already taken is refused unless `replace=True`. Runs that use the term list the registering
+  module in `config.imports`, so that `jaxae.run.TrainedRun.open` finds it again.
+  """
   def add(term: Term) -> Term:
+    if name in TERMS and TERMS[name] is not term and not replace:
+      raise UserError(f"Loss term name {name!r} is taken by {TERMS[name].__module__}.{TERMS[name].__qualname__}; "
+                      "pick another name, or pass replace=True to objective.register to replace it.")
     TERMS[name] = term
     return term
   return add
@@ -110,15 +119,21 @@ def weight_decay(inp: LossInputs) -> jax.Array:
   return losses.kernels_sq_norm(inp.params)
 
 
-def _one_sigmoid_layer_kernel(params) -> jax.Array:
-  """W [D, K] of a model whose encoder is one dense layer (tied: kernel_0; dense: encoder/dense_0)."""
+def _one_sigmoid_layer_kernel(inp: LossInputs) -> jax.Array:
+  """W [D, K] of a model whose encoder is one dense layer with a sigmoid (tied: kernel_0; dense:
+  encoder/dense_0), the only encoder for which the closed form holds."""
+  params, model = inp.params, inp.model
   if "kernel_0" in params and "kernel_1" not in params:
-    return params["kernel_0"]
-  encoder = params.get("encoder", {})
-  if set(encoder) == {"dense_0"}:
-    return encoder["dense_0"]["kernel"]
-  raise UserError("contractive mode 'closed_form' holds for a one-layer sigmoid encoder only; this model has "
-                  "more layers. Use mode 'jacfwd' (exact for any encoder).")
+    kernel, activation = params["kernel_0"], getattr(model, "activation", None)
+  elif set(params.get("encoder", {})) == {"dense_0"}:
+    kernel, activation = params["encoder"]["dense_0"]["kernel"], getattr(model, "code_activation", None)
+  else:
+    raise UserError("contractive mode 'closed_form' holds for a one-layer sigmoid encoder only; this model has "
+                    "more layers. Use mode 'jacfwd' (exact for any encoder).")
+  if activation != "sigmoid":
+    raise UserError(f"contractive mode 'closed_form' holds for a sigmoid encoder only; this encoder's activation "
+                    f"is {activation!r}. Use mode 'jacfwd' (exact for any encoder).")
+  return kernel
 
 
 def _needs_key(inp: LossInputs, term: str) -> jax.Array:
@@ -142,7 +157,7 @@ def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int =
   if mode not in CONTRACTIVE_MODES:
     raise UserError(f"Unknown contractive mode {mode!r}; known: {', '.join(CONTRACTIVE_MODES)}.")
   if mode == "closed_form":
-    return jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], _one_sigmoid_layer_kernel(inp.params)))
+    return jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], _one_sigmoid_layer_kernel(inp)))
   if mode == "projections":
     return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
                                                       num_projections=num_projections))

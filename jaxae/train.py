@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import time
@@ -19,12 +18,20 @@ import optax
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxae import checkpoint, corruption, data, models, objective, parallel
+from jaxae import checkpoint, data, objective, parallel
 from jaxae.errors import UserError
 from jaxae.metrics import MetricWriter, check_finite, check_params_finite, mean_metrics
 
 TrainState = train_state.TrainState
 OPTIMIZERS = ("adam", "sgd")
+# Config fields of the run itself (not of its data, model or loss) that must be positive integers.
+POSITIVE_FIELDS = ("batch_size", "epochs", "eval_batch_size", "chunk_steps", "checkpoint_every_epochs",
+                   "keep_checkpoints")
+
+
+class Preempted(Exception):
+  """Raised by `train_and_evaluate` after SIGTERM, once the state is saved: the process should exit now
+  (the same command resumes the run)."""
 
 
 def make_optimizer(name: str, *, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
@@ -74,7 +81,7 @@ def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | Non
       out = model.apply({"params": cast(params)}, cast(x_in), train=True,
                         rngs={"latent": latent_key, "dropout": dropout_key})
       out = jax.tree_util.tree_map(lambda a: a.astype(batch.dtype), out)
-      return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params), loss_key))
+      return loss_fn(objective.LossInputs(batch, x_in, out, params, bind_encode(model, params), loss_key, model))
 
     grads, metrics = jax.grad(loss, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads), metrics
@@ -113,7 +120,7 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
     latent_key, loss_key, noise_key = jax.random.split(jax.random.fold_in(key, i), 3)
     x_in = x if corrupt is None else corrupt(noise_key, x)
     out = model.apply({"params": params}, x_in, rngs={"latent": latent_key})
-    _, metrics = loss_fn(objective.LossInputs(x, x_in, out, params, bind_encode(model, params), loss_key))
+    _, metrics = loss_fn(objective.LossInputs(x, x_in, out, params, bind_encode(model, params), loss_key, model))
     return {"mse": objective.mse(objective.LossInputs(x, x, out, params, None)), **metrics}
 
   @functools.partial(jax.jit, static_argnums=2)
@@ -172,10 +179,10 @@ def _sigterm_requests_stop():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _say_stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> None:
+def _stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> Preempted:
   step = int(state.step)
-  print(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint saved "
-        f"in {workdir}. Run the same command to resume.")
+  return Preempted(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
+                   f"saved in {workdir}. Run the same command to resume.")
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -191,8 +198,7 @@ def _prepare_workdir(workdir: str) -> None:
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
-  for name in ("batch_size", "epochs", "eval_batch_size", "chunk_steps", "checkpoint_every_epochs",
-               "keep_checkpoints"):
+  for name in POSITIVE_FIELDS:
     if int(config[name]) < 1:
       raise UserError(f"config.{name} must be a positive integer, got {config[name]}; "
                       f"set --config.{name}=N with N >= 1.")
@@ -200,89 +206,90 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
 
 
-def build_from_config(config: ml_collections.ConfigDict):
-  """(model, loss_fn, tx) named by the config; the corruption comes from `build_corruption`."""
-  model = models.build(config.model.name, **config.model.kwargs.to_dict())
-  loss_fn = objective.from_weights(dict(config.loss), config.loss_options.to_dict())
-  tx = make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
-                      weight_decay=config.optimizer.weight_decay)
-  return model, loss_fn, tx
-
-
-DTYPES = ("float32", "float64")
-
-
-def set_dtype(config: ml_collections.ConfigDict) -> None:
-  """float64 runs need JAX's 64-bit mode, switched on before any array is made."""
-  if config.dtype not in DTYPES:
-    raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
-  compute_dtype = config.get("compute_dtype", "")  # runs saved before the field existed lack it
-  if compute_dtype not in ("", "bfloat16", "float32"):
-    raise UserError(f"Unknown compute_dtype {compute_dtype!r}; known: '' (the parameters' dtype), "
-                    "'bfloat16', 'float32'.")
-  if config.dtype == "float64":
-    jax.config.update("jax_enable_x64", True)
-
-
-def build_corruption(config: ml_collections.ConfigDict):
-  """The denoising corruption of the config ((key, x) -> x_noisy), or None."""
-  return corruption.build(config.corruption.name, **config.corruption.options.to_dict())
-
-
-def load_data(config: ml_collections.ConfigDict) -> dict[str, data.Split]:
-  d = config.data
-  return data.load_mnist(source=d.source, scaling=d.scaling, train_subset=d.train_subset,
-                         test_subset=d.test_subset, data_dir=d.data_dir, download=d.download,
-                         train_classes=tuple(d.get("train_classes", ())), dtype=jnp.dtype(config.dtype))
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains `config` into `workdir`, resuming from its latest checkpoint; returns the final state.
-
-  Writes workdir/config.json, workdir/checkpoints/<step>, workdir/metrics.jsonl and TensorBoard
-  files under workdir/tensorboard.
-  """
+def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The checks that need no data: the run's own fields, a writable workdir, and no other run's
+  checkpoints in it. Raises UserError."""
+  from jaxae import run  # pylint: disable=g-import-not-at-top
   _validate(config)
-  set_dtype(config)
+  run.check_dtypes(config)
   _prepare_workdir(workdir)
   checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change)
 
-  splits = load_data(config)
-  n_train = splits["train"].x.shape[0]
-  if config.batch_size > n_train:
-    raise UserError(f"config.batch_size={config.batch_size} is larger than the {n_train} training "
-                    "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
-                    "keeps all).")
-  model, loss_fn, tx = build_from_config(config)
-  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-  try:
-    state = create_state(init_key, model, tx, splits["train"].x[0])
-  except (ValueError, TypeError) as e:  # widths < 1, or a model built for another input size
-    raise UserError(f"Model {config.model.name!r} cannot take this data (one example has shape "
-                    f"{tuple(splits['train'].x.shape[1:])}): {' '.join(str(e).split())[:300]}. "
-                    "Fix config.model.kwargs.") from e
-  recon = jax.eval_shape(lambda p, x: model.apply({"params": p}, x)["recon"], state.params, splits["train"].x[:2])
-  if recon.shape != splits["train"].x[:2].shape:
-    raise UserError(f"Model {config.model.name!r} reconstructs examples of shape {tuple(recon.shape[1:])}, "
-                    f"the data has {tuple(splits['train'].x.shape[1:])}. Fix config.model.kwargs "
-                    "(the decoder's last width must be the input size; for conv, image_shape).")
 
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.keep_checkpoints)
-  try:  # one way out for every path: pending saves written, the manager closed
-    return _resume_and_train(config, workdir, manager, state, splits, model, loss_fn,
-                             data_key=data_key, step_key=step_key, eval_key=eval_key)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, parts=None) -> TrainState:
+  """Trains `config` into `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Writes workdir/config.json, workdir/checkpoints/<step>, workdir/metrics.jsonl and TensorBoard
+  files under workdir/tensorboard. Raises Preempted after SIGTERM, once the state is saved.
+
+  Args:
+    config: the experiment's ConfigDict (experiments/configs/).
+    workdir: the run's folder.
+    parts: the config's `jaxae.run.Components` when already built (its data already loaded).
+  """
+  from jaxae import run  # pylint: disable=g-import-not-at-top  (run builds on this module)
+  check_run(config, workdir)
+  parts = parts or run.Components.from_config(config)
+  with parts.precision():
+    n_train = parts.data.train.x.shape[0]
+    if config.batch_size > n_train:
+      raise UserError(f"config.batch_size={config.batch_size} is larger than the {n_train} training "
+                      "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
+                      "keeps all).")
+    init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+    mesh = parallel.make_mesh(config.num_devices)
+    parallel.check_batch_size(config.batch_size, mesh)
+    state = parallel.replicate(create_state(init_key, parts.model, parts.tx, parts.data.train.x[0]), mesh)
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    try:  # one way out for every path: pending saves written, the manager closed
+      return _resume_and_train(config, workdir, manager, state, parts, mesh,
+                               data_key=data_key, step_key=step_key, eval_key=eval_key)
+    finally:
+      manager.wait_until_finished()
+      manager.close()
 
 
-def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *, data_key, step_key, eval_key):
+PARTIAL_EPOCH_FILE = "partial_epoch.npz"
+
+
+def _save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):
+  """The per-step metrics of an epoch cut short by SIGTERM, so that the resumed epoch's record covers
+  the whole epoch (written atomically, beside the checkpoint of the same step)."""
+  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, _epoch=epoch, _first_step=first_step, _seconds=seconds, **steps)
+  os.replace(path + ".tmp", path)
+
+
+def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) -> tuple[dict[str, np.ndarray], float]:
+  """The metrics saved by `_save_partial_epoch` for steps first_step..step-1 of `epoch`, or ({}, 0)."""
+  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
+  if not os.path.exists(path):
+    return {}, 0.0
+  with np.load(path) as f:
+    saved = {k: f[k] for k in f.files}
+  steps = {k: v for k, v in saved.items() if not k.startswith("_")}
+  if (int(saved["_epoch"]) != epoch or int(saved["_first_step"]) != first_step
+      or len(steps.get("loss", ())) != step - first_step):
+    return {}, 0.0
+  return steps, float(saved["_seconds"])
+
+
+def _console_line(epoch: int, epochs: int, record: dict) -> str:
+  """The epoch's line: the total loss, each logged term (unweighted), test loss and MSE, seconds."""
+  terms = [k.split("/", 1)[1] for k in record if k.startswith("train/") and k.count("/") == 1
+           and k not in ("train/loss", "train/steps_in_record")]
+  detail = " (" + ", ".join(f"{t} {record['train/' + t]:.5g}" for t in terms) + ")" if len(terms) > 1 else ""
+  return (f"epoch {epoch}/{epochs}  train loss {record['train/loss']:.5f}{detail}  test loss {record['test/loss']:.5f}"
+          f"  test mse {record['test/mse']:.6f}  {record['time/epoch_s']:.1f}s")
+
+
+def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key, step_key, eval_key):
   """Restores the latest checkpoint into `state`, then trains epoch by epoch to config.epochs."""
-  state = checkpoint.restore_latest(manager, state)
+  state = checkpoint.restore_latest(manager, state, start_over=config.get("start_over_if_damaged", False))
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # only once resuming is allowed
     f.write(config.to_json_best_effort(indent=2))
-  n_train = splits["train"].x.shape[0]
+  n_train = parts.data.train.x.shape[0]
   steps_per_epoch = n_train // config.batch_size
   start = int(state.step)
   if start >= config.epochs * steps_per_epoch:
@@ -291,72 +298,50 @@ def _resume_and_train(config, workdir, manager, state, splits, model, loss_fn, *
   if start:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
-  corrupt = build_corruption(config)
-  mesh = parallel.make_mesh(config.num_devices)
-  parallel.check_batch_size(config.batch_size, mesh)
-  state, train_x, test_x = parallel.replicate((state, splits["train"].x, splits["test"].x), mesh)
-  chunk = make_train_chunk(make_train_step(model, loss_fn, corrupt, compute_dtype=config.compute_dtype), mesh,
+  model, loss_fn = parts.model, parts.loss_fn
+  train_x, test_x = parallel.replicate((parts.data.train.x, parts.data.test.x), mesh)
+  chunk = make_train_chunk(make_train_step(model, loss_fn, parts.corrupt, compute_dtype=config.compute_dtype), mesh,
                            unroll=config.scan_unroll)
-  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, splits["test"].x.shape[0]),
-                       key=eval_key, corrupt=corrupt, mesh=mesh)
+  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, parts.data.test.x.shape[0]),
+                       key=eval_key, corrupt=parts.corrupt, mesh=mesh)
   with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
     for epoch in range(start // steps_per_epoch, config.epochs):
       t0 = time.perf_counter()
+      first_step = epoch * steps_per_epoch
       idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
-      idx = idx[int(state.step) - epoch * steps_per_epoch:]
+      idx = idx[int(state.step) - first_step:]
+      before, seconds_before = _load_partial_epoch(workdir, epoch, first_step, int(state.step))
       with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
                 desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
         state, steps = run_steps(chunk, state, train_x, idx, step_key,
                                  chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
-      if steps["loss"].shape[0] < idx.shape[0]:  # SIGTERM mid-epoch: keep the steps taken, stop
+      stopped = steps["loss"].shape[0] < idx.shape[0]  # SIGTERM mid-epoch
+      if before:
+        steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
+      if stopped:  # keep the steps taken and their metrics, stop
         check_params_finite(state.params, epoch=epoch + 1)
         checkpoint.save(manager, state)
-        _say_stopped(state, steps_per_epoch, workdir)
-        break
+        if jax.process_index() == 0:
+          _save_partial_epoch(workdir, epoch, int(state.step) - steps["loss"].shape[0], steps,
+                              seconds_before + time.perf_counter() - t0)
+        raise _stopped(state, steps_per_epoch, workdir)
       train = mean_metrics(steps)
-      epoch_s = time.perf_counter() - t0
-      n_first = min(config.log_first_steps, steps_per_epoch) if idx.shape[0] == steps_per_epoch else 0
+      epoch_s = seconds_before + time.perf_counter() - t0
+      whole = steps["loss"].shape[0] == steps_per_epoch
+      n_first = min(config.log_first_steps, steps_per_epoch) if whole else 0
       record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
+                **({} if whole else {"train/steps_in_record": int(steps["loss"].shape[0])}),
                 **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
                 **{f"test/{k}": v for k, v in evaluate(state.params, test_x).items()},
                 "time/epoch_s": epoch_s}
       writer.write(int(state.step), record)
+      if before and jax.process_index() == 0:
+        os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))  # now in the record
       check_finite(record, epoch=epoch + 1)
       check_params_finite(state.params, epoch=epoch + 1)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
         checkpoint.save(manager, state)
-      tqdm.write(f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.5f}  "
-                 f"test loss {record['test/loss']:.5f}  test mse {record['test/mse']:.6f}  "
-                 f"{epoch_s:.1f}s")
+      tqdm.write(_console_line(epoch + 1, config.epochs, record))
       if sigterm["stop"]:
-        _say_stopped(state, steps_per_epoch, workdir)
-        break
+        raise _stopped(state, steps_per_epoch, workdir)
   return state
-
-
-def restore_trained(workdir: str):
-  """(config, model, params, splits) of a finished or interrupted run, from its files alone."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"{workdir!r} holds no run (no config.json); train into it first.")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(_tuples(json.load(f)))
-  set_dtype(config)
-  model, _, tx = build_from_config(config)
-  splits = load_data(config)
-  state = create_state(jax.random.PRNGKey(0), model, tx, splits["train"].x[0])
-  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"))
-  if manager.latest_step() is None:
-    raise UserError(f"{workdir!r} holds no checkpoint yet; train into it first.")
-  state = checkpoint.restore_latest(manager, state)
-  manager.close()
-  return config, model, state.params, splits
-
-
-def _tuples(tree):
-  """JSON lists back to the tuples that configs use."""
-  if isinstance(tree, dict):
-    return {k: _tuples(v) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return tuple(_tuples(v) for v in tree)
-  return tree

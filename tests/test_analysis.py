@@ -141,6 +141,6 @@ def test_neg_elbo_scores_average_to_the_vae_loss(key, x64):
 def test_rotate_turns_images_a_quarter():
   image = np.zeros((28, 28))
   image[0, 27] = 1.0  # top right -> top left after one quarter turn counter-clockwise
-  turned = analysis.rotate(image.reshape(1, -1)).reshape(28, 28)
+  turned = analysis.rotate(image.reshape(1, -1), (28, 28)).reshape(28, 28)
   assert turned[0, 0] == 1.0 and turned.sum() == 1.0
-  np.testing.assert_array_equal(analysis.rotate(image.reshape(1, -1), quarter_turns=4), image.reshape(1, -1))
+  np.testing.assert_array_equal(analysis.rotate(image.reshape(1, -1), (28, 28), quarter_turns=4), image.reshape(1, -1))

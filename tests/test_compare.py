@@ -49,10 +49,8 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
 
 
 def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
-  full = data.load_mnist(source="idx", data_dir=idx_dir)
-  tr, te = full["train"], full["test"]
-  parts = {"train": data.Split(tr.x[:256], tr.labels[:256]), "valid": data.Split(tr.x[256:], tr.labels[256:]),
-           "test": te}
+  full = data.load_dataset(source="idx", data_dir=idx_dir)
+  parts = rifai.three_splits(full, 256, full.train.x.shape[0] - 256)
 
   def small(model, value):
     config = rifai.configure(model, rifai.GRID[model][0], value, smoke=True)
@@ -62,7 +60,7 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
 
   for model, value in (("ae", None), ("cae", 0.03), ("cae", 0.3), ("mlp", None)):
     workdir = str(tmp_path / rifai.run_name(model, value))
-    record = rifai.pretrain_and_finetune(small(model, value), workdir, parts, epochs=2, lr=0.1, batch_size=32)
+    record = rifai.pretrain_and_finetune(small(model, value), workdir, parts, epochs=2, lrs=[0.1], batch_size=32)[0.1]
     assert len(record["history"]) == 2 and record["mean_jacobian_norm"] > 0
   with open(tmp_path / "cae_0.3" / "config.json", encoding="utf-8") as f:
     assert json.load(f)["loss"]["contractive"] == 0.3  # the searched strength reached the config
@@ -72,7 +70,7 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.03", "contractive = 0.3"]
   # A second fine-tuning rate is one more row of the search, read from its own record.
   pretrained = os.path.getmtime(tmp_path / "ae" / "metrics.jsonl")
-  rifai.pretrain_and_finetune(small("ae", None), str(tmp_path / "ae"), parts, epochs=1, lr=0.5, batch_size=32)
+  rifai.pretrain_and_finetune(small("ae", None), str(tmp_path / "ae"), parts, epochs=1, lrs=[0.5], batch_size=32)
   assert os.path.getmtime(tmp_path / "ae" / "metrics.jsonl") == pretrained  # pretrained once, not again
   ae_rows = [r for r in _rows(compare.rifai_tables(str(tmp_path)).split("The search")[1]) if r[0] == "ae"]
   assert sorted(r[2] for r in ae_rows) == ["0.1", "0.5"]
@@ -80,7 +78,7 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   # A finished run is read back, not redone.
   before = os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1))
   rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), str(tmp_path / "ae"), parts,
-                              epochs=2, lr=0.1, batch_size=32)
+                              epochs=2, lrs=[0.1], batch_size=32)
   assert os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1)) == before
 
 

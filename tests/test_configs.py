@@ -22,7 +22,7 @@ CONFIGS = [f"{name}:{v}" if v else name for name in MODULES
 def restore_x64():
   before = jax.config.jax_enable_x64
   yield
-  jax.config.update("jax_enable_x64", before)  # float64 configs switch it on for their process
+  assert jax.config.jax_enable_x64 == before, "a float64 config left JAX's 64-bit mode switched"
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 from jaxae import losses, models, objective, train
 from jaxae.errors import UserError
+from jaxae.run import Components
 
 
 def _tied(key, d=12, k=7):
@@ -64,7 +65,7 @@ def test_deep_encoder_modes_agree_with_finite_differences(x64, key):
 
 
 def test_conv_encoder_modes_agree_with_finite_differences(x64, key):
-  model = models.ConvAE(image_shape=(8, 8, 1), param_dtype="float64")  # S4's stack on 8x8 images: 2x2 code
+  model = models.ConvAE(input_shape=(8, 8, 1), param_dtype="float64")  # S4's stack on 8x8 images: 2x2 code
   params = model.init(key, jnp.zeros(64, jnp.float64))["params"]
   params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # non-zero biases, more units active
   encode = train.bind_encode(model, params)
@@ -95,7 +96,7 @@ def test_penalty_gradient_matches_finite_differences(x64, key, mode):
 
   def penalty(p):
     out = model.apply({"params": p}, x)
-    return term(objective.LossInputs(x, x, out, p, train.bind_encode(model, p)))[0]
+    return term(objective.LossInputs(x, x, out, p, train.bind_encode(model, p), model=model))[0]
   check_grads(penalty, (params,), order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
   # The `//` trap of the tutorial's Python 3 port: a floor-divided penalty has a zero gradient.
   grads = jax.grad(penalty)(params)
@@ -141,7 +142,8 @@ def test_cae_h_term_against_finite_difference_jacobians(x64, key):
 def test_contractive_term_errors(key):
   model, params = _deep(key, dtype=jnp.float32)
   x = jax.random.normal(key, (2, 10))
-  inp = objective.LossInputs(x, x, model.apply({"params": params}, x), params, train.bind_encode(model, params))
+  inp = objective.LossInputs(x, x, model.apply({"params": params}, x), params, train.bind_encode(model, params),
+                             model=model)
   with pytest.raises(UserError, match="one-layer sigmoid encoder only"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)
   with pytest.raises(UserError, match="Unknown contractive mode 'exact'"):
@@ -176,10 +178,13 @@ def test_s5_epoch0_line_reproduces_the_published_digits(x64, mode):
   from jaxae import data  # pylint: disable=g-import-not-at-top
   c = cae_theano.get_config()
   c.loss_options.contractive.mode = mode
-  model, loss_fn, tx = train.build_from_config(c)
-  images, _ = data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
+  images, labels = data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
   x = jnp.asarray(data.scale(images[:20], scaling="unit256"))
-  state = train.create_state(jax.random.PRNGKey(0), model, tx, x[0])
+  first_batches = data.Dataset({"train": data.Split(x, jnp.asarray(labels[:20])), "test": data.Split(x, jnp.asarray(labels[:20]))},
+                               (*images.shape[1:], 1))
+  parts = Components.from_config(c, dataset=first_batches)
+  model, loss_fn = parts.model, parts.loss_fn
+  state = train.create_state(jax.random.PRNGKey(0), model, parts.tx, x[0])
   step = jax.jit(train.make_train_step(model, loss_fn))
   state, m0 = step(state, x[:10], jax.random.PRNGKey(0))
   _, m1 = step(state, x[10:], jax.random.PRNGKey(0))

@@ -91,6 +91,7 @@ def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
   # (std::length_error in from_generator), so a tiny dataset is prepared from the fake IDX files.
   images, labels = data.load_tfds("test", data_dir=tfds_dir, download=False)
   idx_images, idx_labels = data.load_idx(idx_dir, "test")
+  images = images[..., 0]  # TFDS keeps the channel axis
   assert images.shape == idx_images.shape and images.dtype == np.uint8
   order = np.lexsort(images.reshape(len(images), -1).T)  # TFDS shuffles: compare as sorted sets
   idx_order = np.lexsort(idx_images.reshape(len(idx_images), -1).T)

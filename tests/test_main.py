@@ -95,8 +95,8 @@ def test_wrong_type_and_unknown_model(idx_dir, tmp_path, flag, needle):
 
 
 def _final_params(workdir):
-  from jaxae import train  # pylint: disable=g-import-not-at-top
-  return jax.device_get(train.restore_trained(workdir)[2])
+  from jaxae.run import TrainedRun  # pylint: disable=g-import-not-at-top
+  return jax.device_get(TrainedRun.open(workdir).params)
 
 
 def test_sigterm_saves_and_the_resumed_run_ends_bitwise_equal(idx_dir, tmp_path):

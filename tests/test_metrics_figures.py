@@ -38,7 +38,7 @@ def test_figures_hold_what_they_show():
   assert len(ax.collections) == 10 and 190 <= drawn <= 200  # at most a few outliers left out
   assert ax.get_title() == "Test codes" if drawn == 200 else f"{200 - drawn} outliers not drawn" in ax.get_title()
   rows = [rng.uniform(size=(6, 784)), rng.uniform(size=(6, 784))]
-  fig = figures.image_rows(rows, row_titles=["input", "recon"])
+  fig = figures.image_rows(rows, row_titles=["input", "recon"], shape=(28, 28))
   assert len(fig.axes) == 12
   np.testing.assert_allclose(fig.axes[7].images[0].get_array(), rows[1][1].reshape(28, 28))
   fig = figures.loss_curves([{"epoch": 1, "train/loss": 2.0}, {"epoch": 2, "train/loss": 1.0}])

@@ -56,7 +56,7 @@ def test_unknown_model_and_bad_field():
 
 
 def test_conv_ae_layer_stack_and_param_count(key):
-  model = models.build("conv")
+  model = models.build("conv", input_shape=(28, 28, 1))
   x = jax.random.uniform(key, (3, 784))
   params = model.init(key, x[0])["params"]
   by_hand = {"enc_0": 7 * 7 * 1 * 128 + 128, "enc_1": 2 * 2 * 128 * 32 + 32, "enc_2": 7 * 7 * 32 * 1 + 1,

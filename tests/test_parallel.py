@@ -62,6 +62,12 @@ for n in (1, 8):
   ends[n] = jax.device_get(train.train_and_evaluate(c, f"{sys.argv[2]}/run{n}").params)
 out["e2e_max_abs_diff"] = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
     lambda a, b: float(np.max(np.abs(a - b))), ends[8], ends[1])))
+# A trained run restored straight onto the 8 devices of a mesh.
+from jaxae.run import TrainedRun
+run = TrainedRun.open(f"{sys.argv[2]}/run8", mesh=parallel.make_mesh(8))
+out["restored_devices"] = len(jax.tree_util.tree_leaves(run.params)[0].sharding.device_set)
+out["restored_equal"] = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(run.params)),
+                                                                  jax.tree_util.tree_leaves(ends[8])))
 print("RESULT " + json.dumps(out))
 '''
 
@@ -77,6 +83,7 @@ def test_eight_devices_match_one_device_and_refuse_uneven_batches(idx_dir, tmp_p
   assert out["param_devices_8"] == 8 and out["param_devices_1"] == 1, out  # parameters replicated
   assert out["max_loss_rel_diff"] < 1e-5 and out["max_param_rel_diff"] < 1e-4, out  # float reordering only
   assert out["e2e_max_abs_diff"] < 1e-5, out
+  assert out["restored_devices"] == 8 and out["restored_equal"], out  # TrainedRun.open(mesh=) onto the mesh
   assert out["eval_all_reduce_8"] and not out["eval_all_reduce_1"], out  # evaluation split over the devices
   assert out["eval_max_rel_diff"] < 1e-5, out
   assert "config.batch_size=100 does not divide over the 8 devices" in out["batch_error"], out

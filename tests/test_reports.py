@@ -4,7 +4,8 @@ import os
 
 import numpy as np
 
-from experiments import report, vae_report
+from experiments import vae_report
+from jaxae import report
 from experiments.configs import vae
 from jaxae import metrics, train
 

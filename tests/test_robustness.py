@@ -14,6 +14,7 @@ import pytest
 
 from jaxae import checkpoint, data, metrics, train
 from jaxae.errors import UserError
+from jaxae.run import TrainedRun
 from tests.conftest import ROOT
 from tests.test_main import idx_flags
 
@@ -124,8 +125,8 @@ def test_sigkill_at_any_moment_resumes_and_ends_bitwise_equal(idx_dir, tmp_path)
     assert "damaged" not in _read(logs + log + ".err"), _read(logs + log + ".err")[-3000:]
   assert reference.wait(timeout=300) == 0, _read(logs + "_straight.err")[-3000:]
 
-  want = jax.device_get(train.restore_trained(straight)[2])
-  got = jax.device_get(train.restore_trained(killed)[2])
+  want = jax.device_get(TrainedRun.open(straight).params)
+  got = jax.device_get(TrainedRun.open(killed).params)
   assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
   for path, a, b in zip(*zip(*jax.tree_util.tree_leaves_with_path(got)), jax.tree_util.tree_leaves(want)):
     assert np.array_equal(a, b), jax.tree_util.keystr(path)
@@ -154,9 +155,9 @@ def test_conv_model_that_cannot_take_the_data(make_config, tmp_path):
   # reconstruction has the wrong size) are in test_train.py; the conv model cannot even take the input.
   config = make_config()
   config.model.name = "conv"
-  config.model.kwargs = ml_collections.ConfigDict({"image_shape": (32, 32, 1)})
-  with pytest.raises(UserError, match=r"Model 'conv' cannot take this data \(one example has shape \(784,\)\): "
-                                      r"cannot reshape .*Fix config.model.kwargs"):
+  config.model.kwargs = ml_collections.ConfigDict({"input_shape": (32, 32, 1)})
+  with pytest.raises(UserError, match=r"Model 'conv' cannot take this data \(one example has shape \(784,\), an "
+                                      r"image \(28, 28, 1\)\): cannot reshape .*Fix config.model.kwargs"):
     train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -177,5 +178,6 @@ def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
     assert list(manager.all_steps()) == [8]  # nothing started over, nothing saved
     manager.close()
   # The refused run left the workdir's config.json alone: the run still restores as it was trained.
-  config, _, params, _ = train.restore_trained(str(tmp_path))
-  assert tuple(config.model.kwargs.encoder_features) == (32, 3) and params["encoder"]["dense_0"]["kernel"].shape == (784, 32)
+  run = TrainedRun.open(str(tmp_path))
+  assert tuple(run.config.model.kwargs.encoder_features) == (32, 3)
+  assert run.params["encoder"]["dense_0"]["kernel"].shape == (784, 32)

@@ -11,6 +11,7 @@ import pytest
 
 from jaxae import checkpoint, models, objective, train
 from jaxae.errors import UserError
+from jaxae.run import Components, TrainedRun
 
 
 def _setup(key, *, batch=16, steps=6, loss=None):
@@ -116,7 +117,7 @@ def test_sgd_and_weight_decay_as_pytorch(key):
 
 
 def _params(workdir):
-  return jax.device_get(train.restore_trained(workdir)[2])
+  return jax.device_get(TrainedRun.open(workdir).params)
 
 
 def test_same_seed_gives_bitwise_same_params(make_config, tmp_path):
@@ -166,8 +167,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(make_config, tmp_p
     biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
   else:
     biggest.unlink()
-  model, _, tx = train.build_from_config(config)
-  state = train.create_state(jax.random.PRNGKey(0), model, tx, jnp.zeros(784))
+  parts = Components.from_config(config)
+  state = train.create_state(jax.random.PRNGKey(0), parts.model, parts.tx, parts.data.train.x[0])
   manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
   with caplog.at_level("WARNING"):
     restored = checkpoint.restore_latest(manager, state)
@@ -188,7 +189,7 @@ def test_divergence_keeps_the_last_good_checkpoint(make_config, tmp_path):
   manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
   assert list(manager.all_steps()) == [8, 16]  # nothing saved after the last good epoch
   manager.close()
-  chex.assert_tree_all_finite(train.restore_trained(str(tmp_path))[2])
+  chex.assert_tree_all_finite(TrainedRun.open(str(tmp_path)).params)
 
 
 def test_resuming_with_another_config_is_refused_unless_allowed(make_config, tmp_path):
@@ -236,6 +237,6 @@ def test_a_run_saved_before_newer_fields_existed_restores(make_config, tmp_path)
   del saved["data"]["train_classes"]
   with open(path, "w", encoding="utf-8") as f:
     json.dump(saved, f)
-  config, _, params, splits = train.restore_trained(workdir)
-  assert "compute_dtype" not in config and jax.tree_util.tree_leaves(params)
-  assert splits["train"].x.shape[0] == 512  # no class filter
+  run = TrainedRun.open(workdir)
+  assert "compute_dtype" not in run.config and jax.tree_util.tree_leaves(run.params)
+  assert run.data.train.x.shape[0] == 512  # no class filter

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"             # "float64" switches on JAX's 64-bit mode (data and losses in float64)
   c.compute_dtype = ""            # "bfloat16": forward/backward in bfloat16, parameters and optimizer in dtype
   c.num_devices = 0               # devices of the data-parallel mesh (0 = all); the batch splits over them
+  c.imports = ()                  # modules to import first: those that register your own terms and models
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "tfds"          # "tfds" (TFDS order) or "idx" (IDX files in file order)
@@ -41,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.train_classes = ()       # train on these digits only, e.g. (0, ..., 8) for anomaly detection (() = all)
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "dense"          # a key of jaxae.models.MODELS
-  c.model.kwargs = ml_collections.ConfigDict()  # the model's fields
+  c.model.name = "dense"          # a key of jaxae.models.MODELS (yours: @jaxae.models.register, module in imports)
+  c.model.kwargs = ml_collections.ConfigDict()  # the model's fields (input_shape comes from the data)
 
   c.loss = ml_collections.ConfigDict({"mse": 1.0})  # term name (jaxae.objective.TERMS) -> weight
   c.loss_options = ml_collections.ConfigDict()      # term name -> its keyword options, e.g. {"mode": "jacrev"}
@@ -65,5 +66,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1
   c.keep_checkpoints = 3
   c.allow_config_change = False   # resume a workdir whose config.json differs (beyond epochs and logging)
+  c.start_over_if_damaged = False # every checkpoint damaged: train again from step 0 (else an error says so)
   c.log_first_steps = 0           # also log the metrics of each epoch's first N steps (train/stepI/...)
   return c

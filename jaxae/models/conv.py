@@ -1,4 +1,4 @@
-"""Convolutional autoencoder of the Keras write-up (SEEDS.md S4): a 7x7x1 = 49-d code."""
+"""Convolutional autoencoder of the Keras write-up (SEEDS.md S4): an (H/4)x(W/4)x1 code (7x7x1 on MNIST)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,27 @@ def _upsample(x: jax.Array, factor: int = 2) -> jax.Array:
 class ConvAE(nn.Module):
   """Encoder: Conv 128 7x7 ReLU -> MaxPool 2 -> Conv 32 2x2 ReLU -> MaxPool 2 -> Conv 1 7x7 ReLU (7x7x1 code).
   Decoder: Conv 32 7x7 ReLU -> UpSample 2 -> Conv 128 2x2 ReLU -> UpSample 2 -> Conv 1 7x7 (sigmoid).
-  All convolutions 'same'. Takes flattened images [..., 784] and returns flattened codes [..., 49].
+  All convolutions 'same'. Takes flattened images [..., H*W*C] and returns flattened codes [..., H/4 * W/4].
+
+  Attributes:
+    input_shape: (H, W, C) of one image, H and W multiples of 4; filled in from the data by `models.build`.
+    param_dtype: dtype of the parameters.
   """
-  image_shape: tuple[int, int, int] = (28, 28, 1)
+  input_shape: tuple[int, int, int] = ()
   param_dtype: str = "float32"
 
   def setup(self):
+    if len(self.input_shape) != 3 or self.input_shape[0] % 4 or self.input_shape[1] % 4:
+      raise ValueError(f"ConvAE needs images (H, W, C) with H and W multiples of 4, got input_shape="
+                       f"{tuple(self.input_shape)}.")
     conv = lambda c, k, name: nn.Conv(c, (k, k), padding="SAME", param_dtype=jnp.dtype(self.param_dtype), name=name)
     self.enc = [conv(128, 7, "enc_0"), conv(32, 2, "enc_1"), conv(1, 7, "enc_2")]
-    self.dec = [conv(32, 7, "dec_0"), conv(128, 2, "dec_1"), conv(self.image_shape[-1], 7, "dec_2")]
+    self.dec = [conv(32, 7, "dec_0"), conv(128, 2, "dec_1"), conv(self.input_shape[-1], 7, "dec_2")]
 
   def encode(self, x: jax.Array) -> jax.Array:
-    """x: [..., 784] -> code [..., 49]."""
+    """x: [..., H*W*C] -> code [..., H/4 * W/4]."""
     lead = x.shape[:-1]
-    h = x.reshape((-1,) + tuple(self.image_shape))
+    h = x.reshape((-1,) + tuple(self.input_shape))
     h = nn.max_pool(nn.relu(self.enc[0](h)), (2, 2), (2, 2))
     h = nn.max_pool(nn.relu(self.enc[1](h)), (2, 2), (2, 2))
     h = nn.relu(self.enc[2](h))
@@ -38,18 +45,17 @@ class ConvAE(nn.Module):
 
   def _decode_pre(self, h: jax.Array) -> jax.Array:
     lead = h.shape[:-1]
-    side = self.image_shape[0] // 4
-    z = h.reshape((-1, side, side, 1))
+    z = h.reshape((-1, self.input_shape[0] // 4, self.input_shape[1] // 4, 1))
     z = _upsample(nn.relu(self.dec[0](z)))
     z = _upsample(nn.relu(self.dec[1](z)))
     return self.dec[2](z).reshape(lead + (-1,))
 
   def decode(self, h: jax.Array) -> jax.Array:
-    """code [..., 49] -> reconstruction [..., 784] in (0, 1)."""
+    """code [..., H/4 * W/4] -> reconstruction [..., H*W*C] in (0, 1)."""
     return nn.sigmoid(self._decode_pre(h))
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-    """x: [..., 784] -> {"code": [..., 49], "recon", "logits": [..., 784]}."""
+    """x: [..., H*W*C] -> {"code": [..., H/4 * W/4], "recon", "logits": [..., H*W*C]}."""
     del train
     code = self.encode(x)
     return outputs(code, self._decode_pre(code), "sigmoid")

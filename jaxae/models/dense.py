@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -51,7 +52,10 @@ class DenseAE(nn.Module):
 
   Attributes:
     encoder_features: widths of the encoder layers, the last one is the code size (S1: 128, 64, 12, 3).
-    decoder_features: widths of the decoder layers, the last one is the input size (S1: 12, 64, 128, 784).
+    decoder_features: widths of the decoder layers, the last one is the input size D (S1: 12, 64, 128, D);
+      () mirrors the encoder back to the input size (the encoder's widths but the code's, reversed, then D).
+    input_shape: shape of one example (H, W, C), filled in from the data by `models.build`; only the
+      default decoder reads it.
     activation: between layers; `negative_slope` is leaky_relu's.
     code_activation: applied to the code ("linear" for S1).
     output_activation: applied to the decoder output; with "sigmoid" the pre-activation is also
@@ -60,23 +64,25 @@ class DenseAE(nn.Module):
       (SEEDS S2's other regulariser); `encode`/`decode` never drop.
   """
   encoder_features: Sequence[int] = (128, 64, 12, 3)
-  decoder_features: Sequence[int] = (12, 64, 128, 784)
+  decoder_features: Sequence[int] = ()
   activation: str = "leaky_relu"
   negative_slope: float = 0.1
   code_activation: str = "linear"
   output_activation: str = "sigmoid"
   dropout: float = 0.0
+  input_shape: Sequence[int] = ()
 
   def setup(self):
     if not self.encoder_features or min(self.encoder_features) < 1:
       raise ValueError(f"encoder_features must be positive widths, got {tuple(self.encoder_features)}.")
-    if not self.decoder_features or min(self.decoder_features) < 1:
-      raise ValueError(f"decoder_features must be positive widths, got {tuple(self.decoder_features)}.")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be a rate in [0, 1), got {self.dropout}.")
+    decoder_features = mirrored(self.decoder_features, self.encoder_features[:-1], self.input_shape)
+    if min(decoder_features) < 1:
+      raise ValueError(f"decoder_features must be positive widths, got {tuple(self.decoder_features)}.")
     self.encoder = MLP(self.encoder_features, self.activation, self.code_activation, self.negative_slope,
                        self.dropout)
-    self.decoder = MLP(self.decoder_features, self.activation, "linear", self.negative_slope, self.dropout)
+    self.decoder = MLP(decoder_features, self.activation, "linear", self.negative_slope, self.dropout)
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., D] -> code [..., K]."""
@@ -90,6 +96,16 @@ class DenseAE(nn.Module):
     """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
     code = self.encoder(x, train=train)
     return outputs(code, self.decoder(code, train=train), self.output_activation)
+
+
+def mirrored(decoder_features: Sequence[int], hidden: Sequence[int], input_shape: Sequence[int]) -> tuple[int, ...]:
+  """`decoder_features` when given, else the `hidden` widths reversed and then the input size."""
+  if decoder_features:
+    return tuple(decoder_features)
+  if not input_shape:
+    raise ValueError("decoder_features is empty and the input shape unknown: give decoder_features (the last "
+                     "width is the input size), or build the model with models.build(..., input_shape=).")
+  return (*reversed(tuple(hidden)), math.prod(input_shape))
 
 
 def outputs(code: jax.Array, pre: jax.Array, output_activation: str) -> dict[str, jax.Array]:

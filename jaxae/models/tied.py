@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -20,22 +21,26 @@ class TiedAE(nn.Module):
   transposed, each decoder layer with its own bias.
 
   Attributes:
-    input_dim: D, the size of one flattened example.
+    input_dim: D, the size of one flattened example; 0 takes it from `input_shape`.
+    input_shape: shape of one example (H, W, C), filled in from the data by `models.build`.
     features: encoder widths, the last is the code size (S5: (500,); S6: (256, 256, 64, 32)).
     activation: applied after every encoder layer (the code included) and every hidden decoder layer.
     output_activation: after the last decoder layer; "sigmoid" also returns "logits".
     kernel_init: initializer of each kernel [fan_in, fan_out], (key, shape, dtype) -> array.
     param_dtype: dtype of the parameters ("float64" for the Theano reproduction).
   """
-  input_dim: int = 784
+  input_dim: int = 0
   features: Sequence[int] = (500,)
   activation: str = "sigmoid"
   output_activation: str = "sigmoid"
   kernel_init: Callable = theano_sigmoid_uniform
   param_dtype: str = "float32"
+  input_shape: Sequence[int] = ()
 
   def setup(self):
-    widths = (self.input_dim, *self.features)
+    if not (self.input_dim or self.input_shape):
+      raise ValueError("TiedAE needs its input size: give input_dim, or build it with models.build(..., input_shape=).")
+    widths = (self.input_dim or math.prod(self.input_shape), *self.features)
     if min(widths) < 1:
       raise ValueError(f"TiedAE widths must be positive, got input_dim={self.input_dim}, features={tuple(self.features)}.")
     dtype = jnp.dtype(self.param_dtype)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.models.dense import MLP, activation_fn, outputs
+from jaxae.models.dense import MLP, activation_fn, mirrored, outputs
 
 
 class VAE(nn.Module):
@@ -20,24 +20,29 @@ class VAE(nn.Module):
   Attributes:
     encoder_features: hidden widths before the heads (SEEDS S3: (400,)).
     latents: size of z (20).
-    decoder_features: decoder widths, the last is the input size ((400, 784)).
+    decoder_features: decoder widths, the last is the input size D (S3: (400, D)); () mirrors the encoder:
+      encoder_features reversed, then the input size.
     activation: between layers ("relu").
     output_activation: "sigmoid" (Bernoulli logits, BCE) or "tanh" (data in [-1, 1], MSE).
+    input_shape: shape of one example, filled in from the data by `models.build` (the default decoder's
+      last width).
   """
   encoder_features: Sequence[int] = (400,)
   latents: int = 20
-  decoder_features: Sequence[int] = (400, 784)
+  decoder_features: Sequence[int] = ()
   activation: str = "relu"
   output_activation: str = "sigmoid"
+  input_shape: Sequence[int] = ()
 
   def setup(self):
-    if min((*self.encoder_features, self.latents, *self.decoder_features)) < 1:
+    decoder_features = mirrored(self.decoder_features, self.encoder_features, self.input_shape)
+    if min((*self.encoder_features, self.latents, *decoder_features)) < 1:
       raise ValueError(f"VAE widths must be positive, got encoder_features={tuple(self.encoder_features)}, "
                        f"latents={self.latents}, decoder_features={tuple(self.decoder_features)}.")
     self.trunk = MLP(self.encoder_features, self.activation, self.activation)
     self.mu_head = nn.Dense(self.latents)
     self.logvar_head = nn.Dense(self.latents)
-    self.decoder = MLP(self.decoder_features, self.activation, "linear")
+    self.decoder = MLP(decoder_features, self.activation, "linear")
 
   def posterior(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [..., D] -> (mu, logvar), each [..., L]."""

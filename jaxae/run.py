@@ -1,0 +1,254 @@
+"""A run as one object: the parts a config names (`Components`) and a trained run read back from its
+workdir (`TrainedRun`), for the trainer, the reports and your own notebooks alike.
+
+  run = TrainedRun.open("runs/s1")          # config, model, restored params, data
+  codes = run.encode(run.data.test.x)       # [N, K], batched and jitted
+  jac = run.jacobian(run.data.test.x[:8])   # [8, K, D], exact
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxae import checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
+from jaxae.train import bind_encode
+from jaxae.errors import UserError
+
+DTYPES = ("float32", "float64")
+COMPUTE_DTYPES = ("", "bfloat16", "float32")
+CONFIG_FILE = "config.json"
+
+
+def precision(dtype: str) -> contextlib.AbstractContextManager:
+  """JAX's 64-bit mode on for a "float64" run and off for any other, inside the block only: nothing
+  leaks into the next run of the process. Arrays made inside keep their dtype; compute on float64
+  arrays inside such a block (outside it, JAX would quietly compute in float32)."""
+  return jax.enable_x64(dtype == "float64")
+
+
+def import_modules(names) -> None:
+  """Imports the modules a config lists in `imports` (they register custom terms and models)."""
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise UserError(f"config.imports names {name!r}, which cannot be imported ({e}). Make the module "
+                      "importable (pip install -e it, or add its folder to PYTHONPATH) or fix the name.") from e
+
+
+def check_dtypes(config: ml_collections.ConfigDict) -> None:
+  if config.dtype not in DTYPES:
+    raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
+  compute_dtype = config.get("compute_dtype", "")  # runs saved before the field existed lack it
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise UserError(f"Unknown compute_dtype {compute_dtype!r}; known: '' (the parameters' dtype), "
+                    "'bfloat16', 'float32'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+  """Everything a config names, built once: data, model, objective, optimizer, corruption.
+
+  Build with `Components.from_config`; compute inside `with components.precision():` (a float64 run's
+  64-bit mode is on there and nowhere else).
+  """
+  config: ml_collections.ConfigDict
+  data: data.Dataset
+  model: nn.Module
+  loss_fn: Callable
+  tx: optax.GradientTransformation
+  corrupt: Callable | None
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, *, dataset: data.Dataset | None = None) -> Components:
+    """Imports `config.imports`, loads the data (unless `dataset` is given), builds the parts and checks
+    that they fit: the model takes one example and reconstructs its shape, and every loss term can read
+    the model's outputs. Bad parts raise UserError before anything is trained."""
+    check_dtypes(config)
+    import_modules(config.get("imports", ()))
+    with precision(config.dtype):
+      dataset = dataset or data.load(config.data, dtype=jnp.dtype(config.dtype))
+      model = models.build(config.model.name, input_shape=dataset.image_shape, **config.model.kwargs.to_dict())
+      parts = cls(config, dataset, model,
+                  objective.from_weights(dict(config.loss), config.loss_options.to_dict()),
+                  train.make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
+                                 weight_decay=config.optimizer.weight_decay),
+                  corruption.build(config.corruption.name, **config.corruption.options.to_dict()))
+      parts.check()
+    return parts
+
+  def precision(self) -> contextlib.AbstractContextManager:
+    """The block in which this run computes (see `precision`)."""
+    return precision(self.config.dtype)
+
+  def init_params(self, key: jax.Array):
+    """The model's initial parameters from `key` (shapes from one training example)."""
+    return self.model.init({"params": key}, self.data.train.x[0])["params"]
+
+  def check(self) -> None:
+    """Shapes only (jax.eval_shape, nothing computed): the model builds for one example, returns
+    "code" and "recon", reconstructs the data's shape, and the loss terms accept its outputs."""
+    name, x = self.config.model.name, self.data.train.x[:2]
+    try:
+      params = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+      out = jax.eval_shape(lambda p, xb: self.model.apply({"params": p}, xb, train=True,
+                                                           rngs={"latent": jax.random.PRNGKey(0),
+                                                                 "dropout": jax.random.PRNGKey(1)}), params, x)
+    except (ValueError, TypeError) as e:  # widths < 1, or a model built for another input size
+      raise UserError(f"Model {name!r} cannot take this data (one example has shape {tuple(x.shape[1:])}, an "
+                      f"image {self.data.image_shape}): {' '.join(str(e).split())[:300]}. Fix "
+                      "config.model.kwargs.") from e
+    missing = [k for k in ("code", "recon") if not isinstance(out, dict) or k not in out]
+    if missing:
+      raise UserError(f"Model {name!r} returns no {' and no '.join(map(repr, missing))}: a jaxae model "
+                      f"defines {models.INTERFACE}.")
+    if out["recon"].shape != x.shape:
+      raise UserError(f"Model {name!r} reconstructs examples of shape {tuple(out['recon'].shape[1:])}, the data "
+                      f"has {tuple(x.shape[1:])}. Fix config.model.kwargs (the decoder's last width must be the "
+                      "input size, or leave decoder_features empty to mirror the encoder).")
+    jax.eval_shape(lambda p, o, xb: self.loss_fn(objective.LossInputs(xb, xb, o, p, bind_encode(self.model, p),
+                                                                      jax.random.PRNGKey(0), self.model)),
+                   params, out, x)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was trained with (its config.json)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{workdir!r} holds no run (no {CONFIG_FILE}); train into it first.")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(tree):
+  """JSON lists back to the tuples that configs use."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A trained (or interrupted) run: its components and restored parameters, with batched, jitted
+  ways to use them. Open with `TrainedRun.open(workdir)`.
+
+  Every method computes in the run's own precision and returns numpy arrays on the host.
+  """
+  workdir: str
+  parts: Components
+  params: Any
+  step: int
+
+  @classmethod
+  def open(cls, workdir: str, *, dataset: data.Dataset | None = None, mesh: jax.sharding.Mesh | None = None
+           ) -> TrainedRun:
+    """Reads config.json, imports the modules it lists, builds the run's components and restores its
+    latest readable checkpoint (into `mesh`'s devices when given). Raises UserError when the workdir
+    holds no run or no checkpoint, when its checkpoint was saved by another model, and when every
+    checkpoint is damaged.
+
+    Args:
+      workdir: the run's folder (what --workdir was).
+      dataset: the run's data if already loaded (saves reading it again).
+      mesh: restore the parameters replicated over this mesh (jaxae.parallel.make_mesh).
+    """
+    parts = Components.from_config(read_config(workdir), dataset=dataset)
+    with parts.precision():
+      state = restore(workdir, parts, mesh=mesh)
+    return cls(workdir, parts, state.params, int(state.step))
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.parts.config
+
+  @property
+  def model(self) -> nn.Module:
+    return self.parts.model
+
+  @property
+  def data(self) -> data.Dataset:
+    return self.parts.data
+
+  def precision(self) -> contextlib.AbstractContextManager:
+    return self.parts.precision()
+
+  def records(self) -> list[dict]:
+    """The run's per-epoch metrics (metrics.jsonl)."""
+    return metrics.read_metrics(self.workdir)
+
+  @functools.cached_property
+  def _jitted(self) -> dict[str | None, Callable]:
+    return {}
+
+  def apply(self, x, *, method: str | None = None, batch_size: int = 1000):
+    """model.apply with the run's parameters over x [N, ...], `batch_size` rows per jitted call:
+    method None gives the output dict ("code", "recon", ...), else that method's output."""
+    if method not in self._jitted:
+      self._jitted[method] = jax.jit(lambda p, xb: self.model.apply({"params": p}, xb, method=method))
+    fn = self._jitted[method]
+    with self.precision():
+      parts = [jax.device_get(fn(self.params, x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+  def encode(self, x, *, batch_size: int = 1000) -> np.ndarray:
+    """Codes [N, K] of examples x [N, D]."""
+    return self.apply(x, method="encode", batch_size=batch_size)
+
+  def decode(self, h, *, batch_size: int = 1000) -> np.ndarray:
+    """Reconstructions [N, D] of codes h [N, K]."""
+    return self.apply(h, method="decode", batch_size=batch_size)
+
+  def reconstruct(self, x, *, batch_size: int = 1000) -> np.ndarray:
+    """Reconstructions [N, D] of examples x [N, D] (the deterministic path: a VAE decodes its mean)."""
+    return self.apply(x, batch_size=batch_size)["recon"]
+
+  def encode_one(self) -> Callable[[jax.Array], jax.Array]:
+    """One example [D] -> its code [K], parameters bound: what jax.jacfwd and the penalties differentiate.
+    For a float64 run, call it inside `with run.precision():`."""
+    return bind_encode(self.model, self.params)
+
+  def jacobian(self, x, *, mode: str = "auto", batch_size: int = 100) -> np.ndarray:
+    """Exact encoder Jacobians dh/dx [N, K, D] at examples x [N, D] (see losses.jacobian)."""
+    with self.precision():
+      fn = jax.jit(lambda p, xb: losses.jacobian(bind_encode(self.model, p), xb, mode=mode))
+      return np.concatenate([np.asarray(fn(self.params, x[i:i + batch_size]))
+                             for i in range(0, x.shape[0], batch_size)])
+
+  def evaluate(self, x, *, corrupted: bool = False, key: jax.Array | None = None) -> dict[str, float]:
+    """The run's loss terms and per-pixel MSE averaged over x [N, D], as training evaluates them;
+    `corrupted` feeds the model the config's corruption of x (the target stays x)."""
+    with self.precision():
+      evaluate = train.make_eval(self.model, self.parts.loss_fn, batch_size=min(self.config.eval_batch_size, len(x)),
+                                 key=key, corrupt=self.parts.corrupt if corrupted else None)
+      return evaluate(self.params, x)
+
+
+def restore(workdir: str, parts: Components, *, mesh: jax.sharding.Mesh | None = None):
+  """The train state of the latest readable checkpoint of `workdir` (the optimizer state too), restored
+  straight into `mesh`'s devices when given. Call inside `parts.precision()`."""
+  state = train.create_state(jax.random.PRNGKey(0), parts.model, parts.tx, parts.data.train.x[0])
+  if mesh is not None:
+    state = parallel.replicate(state, mesh)
+  manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"))
+  try:
+    if manager.latest_step() is None:
+      raise UserError(f"{workdir!r} holds no checkpoint yet; train into it first.")
+    return checkpoint.restore_latest(manager, state)
+  finally:
+    manager.close()
