@@ -82,7 +82,8 @@ class Components:
     import_modules(config.get("imports", ()))
     with precision(config.dtype):
       dataset = dataset or data.load(config.data, dtype=jnp.dtype(config.dtype))
-      model = models.build(config.model.name, input_shape=dataset.image_shape, **config.model.kwargs.to_dict())
+      kwargs = config.model.kwargs.to_dict()
+      model = models.build(config.model.name, input_shape=kwargs.pop("input_shape", dataset.image_shape), **kwargs)
       parts = cls(config, dataset, model,
                   objective.from_weights(dict(config.loss), config.loss_options.to_dict()),
                   train.make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,

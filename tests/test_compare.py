@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import compare, rifai
 from experiments.configs import anomaly
@@ -48,7 +49,7 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
   assert rows[0][0] == "3" and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
 
 
-def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
+def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path, monkeypatch):
   full = data.load_dataset(source="idx", data_dir=idx_dir)
   parts = rifai.three_splits(full, 256, full.train.x.shape[0] - 256)
 
@@ -75,6 +76,16 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path):
   ae_rows = [r for r in _rows(compare.rifai_tables(str(tmp_path)).split("The search")[1]) if r[0] == "ae"]
   assert sorted(r[2] for r in ae_rows) == ["0.1", "0.5"]
   assert not os.path.exists(tmp_path / "mlp" / "checkpoints")  # the baseline is not pretrained
+  # Several rates for a new run: pretrained once, its ||J|| measured once, the data never read again.
+  measured = []
+  real_norm = rifai.analysis.jacobian_frobenius_norm
+  monkeypatch.setattr(rifai.analysis, "jacobian_frobenius_norm", lambda *a, **k: measured.append(1) or real_norm(*a, **k))
+  monkeypatch.setattr(data, "_load", lambda *a, **k: pytest.fail("the data was read again"))
+  records = rifai.pretrain_and_finetune(small("cae", 0.1), str(tmp_path / "cae_0.1"), parts, epochs=1,
+                                        lrs=[0.1, 0.5, 1.0], batch_size=32)
+  assert sorted(records) == [0.1, 0.5, 1.0] and len(measured) == 1
+  assert len({r["mean_jacobian_norm"] for r in records.values()}) == 1
+  monkeypatch.undo()
   # A finished run is read back, not redone.
   before = os.path.getmtime(tmp_path / "ae" / rifai.record_name(0.1))
   rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), str(tmp_path / "ae"), parts,

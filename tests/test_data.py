@@ -3,6 +3,7 @@
 import os
 
 import chex
+import ml_collections
 import numpy as np
 import pytest
 
@@ -123,7 +124,9 @@ def test_unknown_source_and_scaling():
 def test_real_mnist_both_sources_agree():
   tfds_test = data.load_tfds("test", download=False)
   idx_test = data.load_idx(os.environ["JAXAE_IDX_DIR"], "test")
-  assert tfds_test[0].shape == idx_test[0].shape == (10000, 28, 28)
+  assert tfds_test[0].shape == (10000, 28, 28, 1) and idx_test[0].shape == (10000, 28, 28)  # TFDS keeps the channel
+  for source in ("tfds", "idx"):  # the shape from the metadata alone, as the benchmarks read it
+    assert data.example_shape(ml_collections.ConfigDict({"source": source, "data_dir": ""})) == (28, 28, 1)
   # Same examples in another order: compare the sorted per-image pixel sums and the label counts.
   np.testing.assert_array_equal(np.sort(tfds_test[0].reshape(10000, -1).sum(1)),
                                 np.sort(idx_test[0].reshape(10000, -1).sum(1)))

@@ -117,6 +117,7 @@ def test_sigterm_saves_and_the_resumed_run_ends_bitwise_equal(idx_dir, tmp_path)
   assert said, "".join(lines)
   step = int(said[0].split()[5])
   assert 8 <= step < 240  # stopped early, after the first epoch
+  assert not os.path.exists(os.path.join(stopped, "figures"))  # nothing but saving in the grace period
   resumed = run_main(*flags, "--workdir", stopped)
   assert resumed.returncode == 0 and f"Resuming from step {step}" in resumed.stdout, resumed.stdout[-2000:]
   straight = run_main(*flags, "--workdir", str(tmp_path / "straight"))

@@ -43,3 +43,15 @@ def test_figures_hold_what_they_show():
   np.testing.assert_allclose(fig.axes[7].images[0].get_array(), rows[1][1].reshape(28, 28))
   fig = figures.loss_curves([{"epoch": 1, "train/loss": 2.0}, {"epoch": 2, "train/loss": 1.0}])
   np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), [2.0, 1.0])
+
+
+def test_loss_curves_show_every_logged_term():
+  records = [{"epoch": e, "train/loss": 3.0 / e, "train/bce": 2.0 / e, "train/contractive": 10.0 / e,
+              "test/loss": 3.5 / e, "test/bce": 2.5 / e, "test/contractive": 11.0 / e, "time/epoch_s": 1.0}
+             for e in (1, 2, 3)]
+  fig = figures.loss_curves(records)
+  assert [ax.get_title() for ax in fig.axes] == ["loss (weighted sum)", "bce", "contractive"]
+  np.testing.assert_allclose(fig.axes[2].lines[1].get_ydata(), [11.0, 5.5, 11.0 / 3])  # test/contractive
+  single = figures.loss_curves([{k: v for k, v in r.items() if "/bce" not in k and "/contractive" not in k}
+                                for r in records])
+  assert len(single.axes) == 1  # one term: the loss alone

@@ -138,9 +138,8 @@ def test_every_checkpoint_damaged_is_an_error_unless_told_to_start_over(make_con
   chex.assert_trees_all_equal(jax.device_get(TrainedRun.open(str(tmp_path)).params), jax.device_get(state.params))
 
 
-def test_preempted_mid_epoch_saves_only_and_the_resumed_records_cover_whole_epochs(make_config, tmp_path,
-                                                                                   monkeypatch):
-  config = make_config(epochs=3, log_first_steps=2)  # 8 steps per epoch, 4 per chunk
+def _sigterm_during_chunk(n: int, monkeypatch) -> None:
+  """The process gets SIGTERM (as from a scheduler) while the n-th compiled chunk of steps is called."""
   real, calls = train.make_train_chunk, []
 
   def chunk_that_gets_sigterm(*args, **kwargs):
@@ -148,11 +147,17 @@ def test_preempted_mid_epoch_saves_only_and_the_resumed_records_cover_whole_epoc
 
     def run(*a):
       calls.append(1)
-      if len(calls) == 3:  # the first chunk of epoch 2
+      if len(calls) == n:
         os.kill(os.getpid(), signal.SIGTERM)
       return chunk(*a)
     return run
   monkeypatch.setattr(train, "make_train_chunk", chunk_that_gets_sigterm)
+
+
+def test_preempted_mid_epoch_saves_only_and_the_resumed_records_cover_whole_epochs(make_config, tmp_path,
+                                                                                   monkeypatch):
+  config = make_config(epochs=3, log_first_steps=2)  # 8 steps per epoch, 4 per chunk
+  _sigterm_during_chunk(3, monkeypatch)  # the first chunk of epoch 2
   stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
   with pytest.raises(train.Preempted, match=r"Stopped by SIGTERM at step 12 \(1.50 epochs done\)"):
     train.train_and_evaluate(config, stopped)
@@ -171,17 +176,7 @@ def test_a_resumed_epoch_without_its_first_steps_says_so(make_config, tmp_path, 
   how many steps it holds, and the S5 report reads it."""
   from experiments import cae_report  # pylint: disable=g-import-not-at-top
   config = make_config(epochs=2, log_first_steps=2)
-  real, calls = train.make_train_chunk, []
-
-  def chunk_that_gets_sigterm(*args, **kwargs):
-    chunk = real(*args, **kwargs)
-    def run(*a):
-      calls.append(1)
-      if len(calls) == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      return chunk(*a)
-    return run
-  monkeypatch.setattr(train, "make_train_chunk", chunk_that_gets_sigterm)
+  _sigterm_during_chunk(1, monkeypatch)
   with pytest.raises(train.Preempted):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()
