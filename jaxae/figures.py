@@ -99,6 +99,7 @@ def loss_curves(records: Sequence[dict], *, keys: Sequence[str] | None = None, t
     values = np.concatenate([line(f"{s}/{key}")[1] for s in ("train", "test") if present(f"{s}/{key}")])
     ax.set_yscale("log" if np.all(values > 0) else "linear")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title(label)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
