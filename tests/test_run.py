@@ -100,14 +100,14 @@ def test_no_x64_leak_between_runs_in_one_process(idx_dir, tmp_path):
   from experiments.configs import cae_theano  # pylint: disable=g-import-not-at-top
   assert not jax.config.jax_enable_x64
   f64 = cae_theano.get_config("smoke")
-  f64.data.data_dir = idx_dir
+  f64.data.data_dir, f64.num_devices = idx_dir, 1  # batches of 10: one device, however many are visible
   state = train.train_and_evaluate(f64, str(tmp_path / "f64"))
   assert not jax.config.jax_enable_x64, "a float64 run left JAX's 64-bit mode on"
   assert state.params["kernel_0"].dtype == jnp.float64
   run = TrainedRun.open(str(tmp_path / "f64"))
   assert run.encode(run.data.test.x[:4]).dtype == np.float64 and not jax.config.jax_enable_x64
   f32 = cae_theano.get_config("smoke")
-  f32.data.data_dir, f32.dtype, f32.model.kwargs.param_dtype = idx_dir, "float32", "float32"
+  f32.data.data_dir, f32.num_devices, f32.dtype, f32.model.kwargs.param_dtype = idx_dir, 1, "float32", "float32"
   state = train.train_and_evaluate(f32, str(tmp_path / "f32"))
   assert state.params["kernel_0"].dtype == jnp.float32 and not jax.config.jax_enable_x64
   run32 = TrainedRun.open(str(tmp_path / "f32"))
