@@ -14,14 +14,20 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export JAXAE_IDX_DIR ?= $(abspath ../shared/data/mnist)
 endif
 
+# Accelerators: `make run EXTRAS=cuda12` (GPU, CUDA 12) or `make run EXTRAS=tpu` (Cloud TPU VM).
+EXTRAS ?=
+comma := ,
+PIP_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(PIP_EXTRAS))
+
 .PHONY: install test run clean
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
-$(VENV)/.installed: setup.cfg pyproject.toml requirements.txt
+$(STAMP): setup.cfg pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -e ".[test]"
+	$(PY) -m pip install --quiet -r requirements.txt -e ".[$(PIP_EXTRAS)]"
 	touch $@
 
 test: install
