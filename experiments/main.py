@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by TFDS o
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxae import parallel, report, run, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxae.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -53,14 +54,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
-  parallel.initialize_distributed()  # several hosts: when JAX_COORDINATOR_ADDRESS is set
   workdir = flags.FLAGS.workdir
   config = flags.FLAGS.config
   try:
+    parallel.initialize_distributed()  # several hosts: when JAX_COORDINATOR_ADDRESS is set
     train.check_run(config, workdir)  # what needs no data first
     parts = run.Components.from_config(config)  # the data read once, for training and figures
     state = train.train_and_evaluate(config, workdir, parts=parts)
-    paths = report.make_figures(run.TrainedRun(workdir, parts, state.params, int(state.step)))
+    if not parallel.is_main_process():  # process 0 draws the figures
+      return
+    params = jax.device_get(state.params)  # a full copy on this host: the figures are drawn here alone
+    paths = report.make_figures(run.TrainedRun(workdir, parts, params, int(state.step)))
   except train.Preempted as e:  # the state is saved; nothing else fits in the grace period
     print(e)
     return

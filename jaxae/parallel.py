@@ -2,14 +2,19 @@
 split along it, parameters and optimizer state are replicated, and XLA inserts the gradient all-reduce.
 
 The same jitted step and scanned epoch run on one device or many, on one host or several: no pmap, no
-hand-written collectives. Several hosts: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-JAX_PROCESS_ID (or run where jax.distributed.initialize() finds its cluster by itself, as on TPU pods
-and SLURM) and call `initialize_distributed()` before any array is made.
+hand-written collectives. Several hosts: every process runs the same command with JAX_COORDINATOR_ADDRESS
+(process 0's host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or JAXAE_DISTRIBUTED=auto where the
+cluster tells JAX itself (Cloud TPU, SLURM); `initialize_distributed()` runs before any array is made.
+Every process loads the whole (small) dataset and holds a full copy on its devices; only process 0
+writes files and prints.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
 
 import jax
 import numpy as np
@@ -20,10 +25,73 @@ from jaxae.errors import UserError
 AXIS = "data"
 
 
-def initialize_distributed() -> None:
-  """jax.distributed.initialize() when a multi-host environment is set; nothing on one host."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise UserError(f"{name}={value!r} is not a whole number; set it to an integer (JAX_NUM_PROCESSES: how "
+                    "many processes, JAX_PROCESS_ID: this one's rank from 0).") from None
+
+
+def _wait_for_listener(address: str, timeout_s: float) -> str:
+  """"" once something accepts TCP connections at host:port, else what went wrong, after `timeout_s`."""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    return f"{address!r} is not host:port"
+  deadline, last = time.monotonic() + timeout_s, ""
+  while time.monotonic() < deadline:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, timeout_s)):
+        return ""
+    except OSError as e:
+      last = e.strerror or type(e).__name__
+      time.sleep(0.5)
+  return f"nothing answers: {last}"
+
+
+def initialize_distributed(*, timeout_s: int | None = None) -> None:
+  """Joins the run's processes when several are configured; nothing on one host.
+
+  JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are passed to jax.distributed.initialize
+  (JAX reads only the first itself); JAXAE_DISTRIBUTED=auto lets JAX find the cluster (Cloud TPU, SLURM).
+  CPU processes talk through gloo. A process that cannot join within `timeout_s` (JAXAE_INIT_TIMEOUT, default
+  300 s) raises UserError naming the address. Processes other than 0 then print nothing to stdout.
+  """
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  auto = os.environ.get("JAXAE_DISTRIBUTED", "") == "auto"
+  if not address and not auto:
+    return
+  num_processes, process_id = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+  if address and (num_processes is None or process_id is None):
+    raise UserError(f"JAX_COORDINATOR_ADDRESS={address} is set, but JAX_NUM_PROCESSES and JAX_PROCESS_ID are not "
+                    "both: set all three on every process (the same address and count; ranks 0 to N-1).")
+  timeout_s = timeout_s or _env_int("JAXAE_INIT_TIMEOUT") or 300
+  where = f"the coordinator at JAX_COORDINATOR_ADDRESS={address}" if address else "the cluster (JAXAE_DISTRIBUTED=auto)"
+  fix = ("Check that process 0 runs and can be reached at that host:port, and that JAX_COORDINATOR_ADDRESS, "
+         "JAX_NUM_PROCESSES and JAX_PROCESS_ID are right on every process.")
+  if address and process_id:  # JAX's client aborts the process when the coordinator never answers: ask first
+    problem = _wait_for_listener(address, timeout_s)
+    if problem:
+      raise UserError(f"Process {process_id} could not reach {where} within {timeout_s} s ({problem}). {fix}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes; GPUs and TPUs have their own
+  try:
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_s)
+  except Exception as e:  # pylint: disable=broad-except  (JAX raises RuntimeError or XlaRuntimeError here)
+    raise UserError(f"Process {process_id} could not join {where} within {timeout_s} s "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). {fix}") from e
+  if jax.process_index() != 0:  # one voice: errors still reach stderr
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+
+
+def is_main_process() -> bool:
+  """True in process 0, the one that writes files and prints."""
+  return jax.process_index() == 0
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -56,7 +124,10 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
 
 
 def replicate(tree, mesh: Mesh):
-  """`tree` with every array copied to every device of the mesh."""
+  """`tree` with every array copied to every device of the mesh (of every process: each passes the same
+  values)."""
+  if jax.process_count() > 1:  # a process-local array goes through the host to the global mesh
+    tree = jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
   return jax.device_put(tree, replicated(mesh))
 
 

@@ -188,7 +188,7 @@ def _stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> Preempted
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
     with open(probe, "w", encoding="utf-8") as f:
       f.write("ok")
     os.remove(probe)
@@ -287,15 +287,18 @@ def _console_line(epoch: int, epochs: int, record: dict) -> str:
 def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key, step_key, eval_key):
   """Restores the latest checkpoint into `state`, then trains epoch by epoch to config.epochs."""
   state = checkpoint.restore_latest(manager, state, start_over=config.get("start_over_if_damaged", False))
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:  # only once resuming is allowed
-    f.write(config.to_json_best_effort(indent=2))
+  main = parallel.is_main_process()  # the one process that writes files and prints
+  if main:  # only once resuming is allowed
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
   n_train = parts.data.train.x.shape[0]
   steps_per_epoch = n_train // config.batch_size
   start = int(state.step)
   if start >= config.epochs * steps_per_epoch:
-    print(f"Run already complete: {start} steps = {config.epochs} epochs in {workdir}.")
+    if main:
+      print(f"Run already complete: {start} steps = {config.epochs} epochs in {workdir}.")
     return state
-  if start:
+  if start and main:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
 
   model, loss_fn = parts.model, parts.loss_fn
@@ -304,7 +307,8 @@ def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key,
                            unroll=config.scan_unroll)
   evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, parts.data.test.x.shape[0]),
                        key=eval_key, corrupt=parts.corrupt, mesh=mesh)
-  with MetricWriter(workdir) as writer, _sigterm_requests_stop() as sigterm:
+  with (MetricWriter(workdir) if main else contextlib.nullcontext(None)) as writer, \
+      _sigterm_requests_stop() as sigterm:
     for epoch in range(start // steps_per_epoch, config.epochs):
       t0 = time.perf_counter()
       first_step = epoch * steps_per_epoch
@@ -312,7 +316,7 @@ def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key,
       idx = idx[int(state.step) - first_step:]
       before, seconds_before = _load_partial_epoch(workdir, epoch, first_step, int(state.step))
       with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
-                desc=f"epoch {epoch + 1}/{config.epochs}", leave=False) as bar:
+                desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main) as bar:
         state, steps = run_steps(chunk, state, train_x, idx, step_key,
                                  chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
       stopped = steps["loss"].shape[0] < idx.shape[0]  # SIGTERM mid-epoch
@@ -321,7 +325,7 @@ def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key,
       if stopped:  # keep the steps taken and their metrics, stop
         check_params_finite(state.params, epoch=epoch + 1)
         checkpoint.save(manager, state)
-        if jax.process_index() == 0:
+        if main:
           _save_partial_epoch(workdir, epoch, int(state.step) - steps["loss"].shape[0], steps,
                               seconds_before + time.perf_counter() - t0)
         raise _stopped(state, steps_per_epoch, workdir)
@@ -334,14 +338,16 @@ def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key,
                 **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
                 **{f"test/{k}": v for k, v in evaluate(state.params, test_x).items()},
                 "time/epoch_s": epoch_s}
-      writer.write(int(state.step), record)
-      if before and jax.process_index() == 0:
+      if main:
+        writer.write(int(state.step), record)
+      if before and main:
         os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))  # now in the record
       check_finite(record, epoch=epoch + 1)
       check_params_finite(state.params, epoch=epoch + 1)
       if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
         checkpoint.save(manager, state)
-      tqdm.write(_console_line(epoch + 1, config.epochs, record))
+      if main:
+        tqdm.write(_console_line(epoch + 1, config.epochs, record))
       if sigterm["stop"]:
         raise _stopped(state, steps_per_epoch, workdir)
   return state

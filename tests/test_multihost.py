@@ -1,0 +1,84 @@
+"""Several hosts, for real on one machine: the README's multi-host command as 2 processes of 2 fake CPU devices
+each (jax.distributed, gloo collectives), against one process of 4 devices."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from jaxae import metrics
+from jaxae.run import TrainedRun
+from tests.conftest import ROOT
+from tests.test_main import CONFIG, idx_flags
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int, **extra) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))}
+  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
+
+
+def _main(args, env, log_prefix):
+  out, err = open(log_prefix + ".out", "w+", encoding="utf-8"), open(log_prefix + ".err", "w+", encoding="utf-8")
+  return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, env=env, stdout=out,
+                          stderr=err), out, err
+
+
+def _read(f) -> str:
+  f.flush()
+  f.seek(0)
+  return f.read()
+
+
+def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path):
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=2"]
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  port = _free_port()
+  procs = [_main([*args, "--workdir", multi], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                   JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+                 str(tmp_path / f"p{i}")) for i in range(2)]
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+                       env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  for proc, out, err in procs:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  (_, out0, err0), (_, out1, err1) = procs
+  # One voice: process 0 prints the epochs and where everything is; process 1 prints nothing, not even bars.
+  assert "epoch 2/2" in _read(out0) and "figures:" in _read(out0)
+  assert _read(out1) == "", _read(out1)[-2000:]
+  assert "epoch 1/2" not in _read(err1) and "error" not in _read(err1).lower(), _read(err1)[-2000:]
+  # One writer: each epoch's record once, one TensorBoard event file, the figures.
+  assert [r["epoch"] for r in metrics.read_metrics(multi)] == [1, 2]
+  with open(os.path.join(multi, "metrics.jsonl"), encoding="utf-8") as f:
+    assert len(f.read().splitlines()) == 2
+  assert len(os.listdir(os.path.join(multi, "tensorboard"))) == 1
+  assert os.path.exists(os.path.join(multi, "figures", "reconstructions.png"))
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints")), key=int) == ["8", "16"]  # written once each
+  # The same training as one process with 4 devices and the same global batch (float tolerance).
+  got, want = (jax.device_get(TrainedRun.open(w).params) for w in (multi, single))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for m, s in zip(metrics.read_metrics(multi), metrics.read_metrics(single)):
+    np.testing.assert_allclose(m["test/loss"], s["test/loss"], rtol=1e-5)
+
+
+def test_a_process_that_cannot_reach_the_coordinator_ends_with_one_error(idx_dir, tmp_path):
+  port = _free_port()  # nobody listens there: process 1 waits for a coordinator that never comes
+  env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1",
+             JAXAE_INIT_TIMEOUT="5")
+  proc = subprocess.run([sys.executable, "-m", "experiments.main", "--config", CONFIG, *idx_flags(idx_dir),
+                         "--workdir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert f"JAX_COORDINATOR_ADDRESS=127.0.0.1:{port}" in errors[0] and "JAX_PROCESS_ID" in errors[0], errors[0]
