@@ -20,7 +20,7 @@ comma := ,
 PIP_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(PIP_EXTRAS))
 
-.PHONY: install test run clean
+.PHONY: install test test-devices run clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ $(STAMP): setup.cfg pyproject.toml requirements.txt
 
 test: install
 	$(PY) -m pytest -q
+
+# The data-parallel tests again with 8 devices visible (fake CPU devices here; real ones on a GPU/TPU host).
+test-devices: install
+	XLA_FLAGS="$(XLA_FLAGS) --xla_force_host_platform_device_count=8" $(PY) -m pytest -q \
+	    tests/test_parallel.py tests/test_run.py tests/test_train.py
 
 run: install
 	$(PY) -m experiments.main --config $(CONFIG) --workdir $(WORKDIR)

@@ -99,10 +99,11 @@ def op_kind(name: str) -> str:
   return "copy/transpose" if name.startswith(("copy", "transpose")) else "element-wise/other"
 
 
-def bench_config(spec: str, mesh, steps: int, repeats: int, profile: bool = False) -> dict:
+def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile: bool = False) -> dict:
   """Times one config's scanned train chunk; returns the row's numbers."""
   name, _, variant = spec.removesuffix(".py").partition(".py:")
   config = importlib.import_module(f"experiments.configs.{name}").get_config(variant or None)
+  mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, num_devices))
   config.dtype = "float32"  # float64 configs (cae_theano) are timed in float32 too
   if "param_dtype" in config.model.kwargs:
     config.model.kwargs.param_dtype = "float32"
@@ -152,12 +153,12 @@ def s5_matmuls_per_step(steps: int, repeats: int, d: int) -> float:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  mesh = parallel.make_mesh(FLAGS.num_devices)
+  mesh = parallel.make_mesh(FLAGS.num_devices)  # each config's batch takes the most of them it divides over
   device = jax.devices()[0]
   peak_before = matmul_peak(FLAGS.matmul_n, 2 * FLAGS.repeats)
   results, rows, profiles = [], [], []
   for spec in FLAGS.configs:
-    r = bench_config(spec, mesh, FLAGS.steps, FLAGS.repeats, FLAGS.profile)
+    r = bench_config(spec, FLAGS.num_devices, FLAGS.steps, FLAGS.repeats, FLAGS.profile)
     logging.warning("%s: %.1f steps/s", spec, r["steps_s"])
     results.append(r)
     profiles.append((spec, r["ops"]))

@@ -103,6 +103,16 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices[:num_devices or len(devices)]), (AXIS,))
 
 
+def devices_for_batch(batch_size: int, num_devices: int = 0) -> int:
+  """How many devices a run's mesh takes: `num_devices` when set (the batch must divide over them), else
+  all visible devices, or on one host the most of them over which `batch_size` divides (batch 10 on 8
+  devices: 5), so that every config runs wherever it is started."""
+  if num_devices or jax.process_count() > 1:
+    return num_devices
+  n = jax.device_count()
+  return max(k for k in range(1, n + 1) if batch_size % k == 0)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over the devices, the rest whole."""
   return NamedSharding(mesh, PartitionSpec(AXIS))

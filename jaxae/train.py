@@ -237,8 +237,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, parts
                       "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                       "keeps all).")
     init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-    mesh = parallel.make_mesh(config.num_devices)
+    mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, config.num_devices))
     parallel.check_batch_size(config.batch_size, mesh)
+    if mesh.devices.size < jax.device_count() and not config.num_devices and parallel.is_main_process():
+      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: batch_size={config.batch_size} "
+            f"divides over no more of them (set --config.num_devices=N to choose).")
     state = parallel.replicate(create_state(init_key, parts.model, parts.tx, parts.data.train.x[0]), mesh)
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     try:  # one way out for every path: pending saves written, the manager closed

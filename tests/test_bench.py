@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 def test_bench_prints_a_row_per_config_and_the_s5_ratio():
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-m", "experiments.bench_train", "--configs=undercomplete.py,cae_theano.py",
-                         "--image_shape=28,28,1",
+                         "--image_shape=28,28,1", "--num_devices=1",
                          "--steps=2", "--repeats=2", "--matmul_n=128", "--profile"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

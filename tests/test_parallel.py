@@ -94,5 +94,9 @@ def test_one_device_mesh_and_bad_device_count():
   mesh = parallel.make_mesh(0)
   assert mesh.devices.size == jax.device_count() and mesh.axis_names == ("data",)
   parallel.check_batch_size(7, parallel.make_mesh(1))  # anything divides over one device
-  with pytest.raises(UserError, match="config.num_devices=99, but 1 device"):
-    parallel.make_mesh(99)
+  n = jax.device_count()
+  with pytest.raises(UserError, match=f"config.num_devices={n + 1}, but {n} device"):
+    parallel.make_mesh(n + 1)
+  # A batch that does not divide over every device takes the most devices it divides over.
+  assert parallel.devices_for_batch(10, 0) == max(k for k in range(1, n + 1) if 10 % k == 0)
+  assert parallel.devices_for_batch(10, 1) == 1 and parallel.devices_for_batch(7, 0) in (1, 7)
