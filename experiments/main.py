@@ -14,7 +14,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wron
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxae import parallel, report, run, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxae import checkpoint, parallel, report, run, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxae.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
@@ -54,6 +54,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
+  checkpoint.quiet_orbax_errors()  # a failed save ends in one error line, not Orbax's tracebacks
   workdir = flags.FLAGS.workdir
   config = flags.FLAGS.config
   try:

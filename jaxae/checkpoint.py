@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging as logging_lib
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -16,6 +21,39 @@ from jaxae.errors import UserError
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
                      "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll",
                      "start_over_if_damaged")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Inside: this run holds `workdir`; a second run started on it raises UserError naming the holder.
+
+  The lock is an flock on workdir/.lock, which the operating system drops when its process ends, however it
+  ends: a killed run never blocks the next one. Only process 0 of a run takes it: the processes of one
+  multi-host run share the workdir by design (on a shared filesystem without flock, such as some NFS
+  setups, the lock holds per host only).
+  """
+  if jax.process_index() != 0:
+    yield
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
+    os.close(fd)
+    raise UserError(f"{workdir!r} is in use by another run ({holder}). Wait for it to end or stop it, or train "
+                    "into another --workdir.") from None
+  try:
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    yield
+  finally:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -32,8 +70,48 @@ def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManag
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:
-  """Starts saving `state` (any pytree with a `step`) under its step; returns before it is written."""
-  manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
+  """Starts saving `state` (any pytree with a `step`) under its step; returns before it is written. A
+  save that failed in the background (a full disk) surfaces here or in `finish` as UserError."""
+  try:
+    manager.save(int(jax.device_get(state.step)), args=ocp.args.StandardSave(state), force=True)
+  except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many types)
+    raise write_error(manager, e) from e
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the saves in flight and closes the manager; a failed save raises UserError."""
+  try:
+    manager.wait_until_finished()
+    manager.close()
+  except Exception as e:  # pylint: disable=broad-except
+    raise write_error(manager, e) from e
+
+
+def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
+  """One line for a checkpoint that could not be written: where, why, and the last good one."""
+  directory, text = str(manager.directory), " ".join(str(e).split())
+  if "No space left" in text or "RESOURCE_EXHAUSTED" in text or getattr(e, "errno", None) == 28:
+    cause = "no space left on the device"
+  elif "Permission denied" in text or "PERMISSION_DENIED" in text or isinstance(e, PermissionError):
+    cause = "permission denied"
+  else:
+    cause = f"{type(e).__name__}: {text[:200]}"
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+  last = f"the one at step {steps[-1]}, intact" if steps else "none yet"
+  return UserError(f"Could not write a checkpoint in {directory!r}: {cause}. The last good checkpoint is {last}. "
+                   "Free space (or fix the permissions) and run the same command to resume from it.")
+
+
+class _OrbaxErrorsRestated(logging_lib.Filter):
+  """Drops Orbax's own error logs (tracebacks of a failed background save): `write_error` says it once."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return not (record.levelno >= logging_lib.ERROR and "orbax" in record.pathname)
+
+
+def quiet_orbax_errors() -> None:
+  """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands)."""
+  logging_lib.getLogger("absl").addFilter(_OrbaxErrorsRestated())
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = False):
@@ -133,8 +211,13 @@ def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> Non
   has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
   if allow or not os.path.exists(path) or not has_checkpoint:
     return
-  with open(path, encoding="utf-8") as f:
-    old = _flatten(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      old = _flatten(json.load(f))
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} does not parse ({e.msg} at line {e.lineno}), so this run's config cannot be checked. "
+                    "If this is the command that trained it, add --config.allow_config_change=True: it rewrites "
+                    "config.json and resumes from the checkpoints.") from e
   new = _flatten(json.loads(config_json))
   # A field the old run did not have yet, set to an "off" value ("", 0, False), is the behaviour it ran with.
   changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))

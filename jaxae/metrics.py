@@ -10,6 +10,9 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+
+from jaxae.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -50,16 +53,22 @@ class MetricWriter:
   def __init__(self, workdir: str):
     from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     self.path = os.path.join(workdir, METRICS_FILE)
+    heal_torn_tail(self.path)
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = tensorboard.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
 
   def write(self, step: int, record: Mapping[str, float]) -> None:
-    self._file.write(json.dumps({"step": int(step), **record}) + "\n")
-    self._file.flush()
-    for name, value in record.items():
-      if isinstance(value, (int, float)) and name not in ("step", "epoch"):
-        self._tb.scalar(name, value, step)
-    self._tb.flush()
+    try:
+      self._file.write(json.dumps({"step": int(step), **record}) + "\n")
+      self._file.flush()
+      for name, value in record.items():
+        if isinstance(value, (int, float)) and name not in ("step", "epoch"):
+          self._tb.scalar(name, value, step)
+      self._tb.flush()
+    except OSError as e:
+      raise UserError(f"Could not write the metrics to {self.path!r} or its TensorBoard files: "
+                      f"{e.strerror or e}. Free space (or fix the permissions) and run the same command to resume "
+                      "from the last checkpoint.") from e
 
   def close(self) -> None:
     self._file.close()
@@ -72,13 +81,34 @@ class MetricWriter:
     self.close()
 
 
+def heal_torn_tail(path: str) -> None:
+  """Cuts off a last line that a kill or a full disk left half-written (no newline at its end), with a
+  warning naming it, so that the next record starts on a line of its own."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) == b"\n":
+      return
+    data = f.seek(0) or f.read()
+    keep = data.rfind(b"\n") + 1
+    logging.warning("%s ended in a half-written line (%r); cut off before appending.", path,
+                    data[keep:keep + 80].decode("utf-8", "replace"))
+    f.truncate(keep)
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """The records of workdir/metrics.jsonl, one per epoch (a resumed run's later record wins)."""
+  """The records of workdir/metrics.jsonl, one per epoch (a resumed run's later record wins). A line that
+  does not parse (a record torn by a kill or a full disk) is skipped with a warning."""
   path = os.path.join(workdir, METRICS_FILE)
   by_epoch: dict[int, dict] = {}
   with open(path, encoding="utf-8") as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       if line.strip():
-        record = json.loads(line)
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          logging.warning("%s line %d is torn (%r); skipped.", path, number, line[:80])
+          continue
         by_epoch[record["epoch"]] = record
   return [by_epoch[e] for e in sorted(by_epoch)]

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 
 from jaxae import figures
+from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 
 
@@ -53,8 +54,14 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
 
   def save(fig, name):
     path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
-    figures.plt.close(fig)
+    try:
+      fig.savefig(path, dpi=110)
+    except OSError as e:
+      raise UserError(f"Could not write the figure {path!r}: {e.strerror or e}. The run itself is saved; free space "
+                      "(or fix the permissions) and draw the figures again with python -m experiments.report "
+                      f"--workdir {run.workdir}.") from e
+    finally:
+      figures.plt.close(fig)
     paths.append(path)
 
   save(figures.loss_curves(run.records(), title=f"Loss ({', '.join(config.loss)})"), "loss_curves.png")

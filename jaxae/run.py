@@ -131,8 +131,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise UserError(f"{workdir!r} holds no run (no {CONFIG_FILE}); train into it first.")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  try:
+    with open(path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(_tuples(json.load(f)))
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} does not parse ({e.msg} at line {e.lineno}); the run's config is damaged. Rerun the "
+                    "command that trained it (its --config and overrides) with --workdir set to this folder and "
+                    "--config.allow_config_change=True: it rewrites config.json and resumes from the checkpoints.") from e
 
 
 def _tuples(tree):

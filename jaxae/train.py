@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, parts
   from jaxae import run  # pylint: disable=g-import-not-at-top  (run builds on this module)
   check_run(config, workdir)
   parts = parts or run.Components.from_config(config)
-  with parts.precision():
+  with checkpoint.workdir_lock(workdir), parts.precision():
     n_train = parts.data.train.x.shape[0]
     if config.batch_size > n_train:
       raise UserError(f"config.batch_size={config.batch_size} is larger than the {n_train} training "
@@ -245,11 +245,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, parts
     state = parallel.replicate(create_state(init_key, parts.model, parts.tx, parts.data.train.x[0]), mesh)
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     try:  # one way out for every path: pending saves written, the manager closed
-      return _resume_and_train(config, workdir, manager, state, parts, mesh,
-                               data_key=data_key, step_key=step_key, eval_key=eval_key)
-    finally:
-      manager.wait_until_finished()
-      manager.close()
+      state = _resume_and_train(config, workdir, manager, state, parts, mesh,
+                                data_key=data_key, step_key=step_key, eval_key=eval_key)
+    except BaseException:
+      with contextlib.suppress(Exception):  # the first error is the one to report
+        checkpoint.finish(manager)
+      raise
+    checkpoint.finish(manager)
+    return state
 
 
 PARTIAL_EPOCH_FILE = "partial_epoch.npz"

@@ -134,3 +134,26 @@ def test_divergence_stops_with_the_epoch_and_the_terms(idx_dir, tmp_path):
   assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
   assert re.search(r"Training diverged in epoch \d: .*train/loss.*not finite", errors[0]), errors[0]
   assert "the last good checkpoint is kept" in errors[0]
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_killed_one_blocks_nothing(idx_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  flags = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=500", "--workdir", workdir]
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  first = subprocess.Popen([sys.executable, "-m", "experiments.main", *flags], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    for line in first.stdout:  # training has started: the workdir is held
+      if line.startswith("epoch 1/500"):
+        break
+    second = run_main(*flags)
+    _assert_one_clear_error(second, f"{workdir!r} is in use by another run (process {first.pid} on ",
+                            "another --workdir")
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      epochs = [json.loads(line)["epoch"] for line in f]
+    assert len(epochs) == len(set(epochs))  # the refused run wrote nothing
+  finally:
+    first.kill()  # SIGKILL: no chance to release anything
+    first.wait()
+  again = run_main(*flags[:-3], "--config.epochs=2", "--config.allow_config_change=True", "--workdir", workdir)
+  assert again.returncode == 0, again.stderr[-3000:]

@@ -2,9 +2,11 @@
 each (jax.distributed, gloo collectives), against one process of 4 devices."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -82,3 +84,39 @@ def test_a_process_that_cannot_reach_the_coordinator_ends_with_one_error(idx_dir
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert f"JAX_COORDINATOR_ADDRESS=127.0.0.1:{port}" in errors[0] and "JAX_PROCESS_ID" in errors[0], errors[0]
+
+
+def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, tmp_path):
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=12", "--config.checkpoint_every_epochs=2"]
+  killed, single = str(tmp_path / "killed"), str(tmp_path / "single")
+  ckpts = os.path.join(killed, "checkpoints")
+
+  def start(tag):
+    port = _free_port()
+    return [_main([*args, "--workdir", killed], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+                  str(tmp_path / f"{tag}{i}")) for i in range(2)]
+
+  procs = start("a")
+  deadline = time.monotonic() + 300
+  while not (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):  # a checkpoint committed
+    assert time.monotonic() < deadline and all(p.poll() is None for p, _, _ in procs), \
+        [_read(e)[-2000:] for _, _, e in procs]
+    time.sleep(0.02)
+  for proc, _, _ in procs:
+    proc.send_signal(signal.SIGKILL)
+  for proc, _, _ in procs:
+    proc.wait()
+  committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
+  assert committed and committed[-1] < 96, committed  # killed before the end
+  procs = start("b")
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+                       env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  for proc, out, err in procs:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  assert f"Resuming from step {committed[-1]} " in _read(procs[0][1])  # both restored the same checkpoint
+  assert [r["epoch"] for r in metrics.read_metrics(killed)] == list(range(1, 13))
+  got, want = (jax.device_get(TrainedRun.open(w).params) for w in (killed, single))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

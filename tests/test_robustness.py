@@ -2,6 +2,8 @@
 a checkpoint of another architecture."""
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +183,39 @@ def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
   run = TrainedRun.open(str(tmp_path))
   assert tuple(run.config.model.kwargs.encoder_features) == (32, 3)
   assert run.params["encoder"]["dense_0"]["kernel"].shape == (784, 32)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+  """A 6 MB filesystem (tmpfs; needs root, as on the development and CI machines), unmounted after."""
+  where = tmp_path / "tiny"
+  where.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(where)], capture_output=True,
+                    check=False).returncode:
+    pytest.skip("cannot mount a tmpfs here (not root)")
+  yield str(where)
+  subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_one_error_line_and_the_run_resumes(idx_dir, tiny_filesystem):
+  """S1's checkpoints (1.4 MB each, Adam's moments included) fill 6 MB at the fourth."""
+  workdir = os.path.join(tiny_filesystem, "run")
+  flags = ["--config", "experiments/configs/undercomplete.py:smoke", *idx_flags(idx_dir), "--config.epochs=8",
+           "--workdir", workdir]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  full = subprocess.run([sys.executable, "-m", "experiments.main", *flags], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert full.returncode == 2, full.stderr[-3000:]
+  errors = [line.rsplit("\r", 1)[-1].strip() for line in full.stderr.splitlines() if "error: " in line]
+  assert len(errors) == 1, full.stderr[-3000:]
+  last = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+  assert re.match(rf"error: Could not write a checkpoint in '{re.escape(workdir)}/checkpoints': no space left on the "
+                  rf"device. The last good checkpoint is the one at step {last}, intact.", errors[0]), errors[0]
+  assert "RESOURCE_EXHAUSTED" not in full.stderr  # Orbax's own tracebacks are not repeated
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):  # room again: the half-written one goes
+    if not name.isdigit():
+      shutil.rmtree(os.path.join(workdir, "checkpoints", name))
+  subprocess.run(["mount", "-o", "remount,size=32m", tiny_filesystem], check=True)
+  again = subprocess.run([sys.executable, "-m", "experiments.main", *flags], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600, check=False)
+  assert again.returncode == 0 and f"Resuming from step {last} " in again.stdout, again.stderr[-3000:]

@@ -301,3 +301,25 @@ def test_readme_trained_run_example_runs(make_config, tmp_path):
   run, x = namespace["run"], namespace["x"]
   assert namespace["codes"].shape == (len(x), 3) and namespace["jac"].shape == (8, 3, 784)
   np.testing.assert_allclose(namespace["recon"], run.model.apply({"params": run.params}, x)["recon"], rtol=1e-6)
+
+
+def test_torn_files_heal(make_config, tmp_path, caplog):
+  """A metrics line cut short (a kill or a full disk mid-write) is cut off before the next record, readers
+  skip it, and a config.json that does not parse is one clear error with the way back."""
+  config = make_config(epochs=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 96, "epoch": 3, "train/lo')
+  with caplog.at_level("WARNING"):
+    assert [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [1]  # the torn line skipped
+  assert "torn" in caplog.text
+  train.train_and_evaluate(make_config(epochs=2), str(tmp_path))
+  assert [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [1, 2]  # epoch 2 on a line of its own
+  assert "half-written line" in caplog.text
+  (tmp_path / "config.json").write_text('{"seed": 0, "model": {')
+  with pytest.raises(UserError, match=r"config.json does not parse .*allow_config_change=True"):
+    train.train_and_evaluate(make_config(epochs=3), str(tmp_path))
+  with pytest.raises(UserError, match=r"config.json does not parse .*allow_config_change=True"):
+    TrainedRun.open(str(tmp_path))
+  state = train.train_and_evaluate(make_config(epochs=3, allow_config_change=True), str(tmp_path))
+  assert int(state.step) == 24 and TrainedRun.open(str(tmp_path)).step == 24  # recovered as the error said
