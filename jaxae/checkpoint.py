@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from absl import logging
 
 from jaxae.errors import UserError
@@ -138,9 +139,12 @@ def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = 
     raise UserError(f"Every checkpoint in {str(manager.directory)!r} is damaged (steps {', '.join(map(str, steps))}; "
                     "the warnings above say how). Nothing was trained over them. Move the folder aside to keep "
                     "it, or pass --config.start_over_if_damaged=True to train this run again from the start.")
-  for step in steps:  # starting over: the damaged ones moved aside (kept, and out of the way of new saves)
-    os.rename(os.path.join(manager.directory, str(step)), os.path.join(manager.directory, f"damaged_{step}"))
-  if steps:
+  if steps:  # starting over: the damaged ones moved aside (kept, and out of the way of new saves) by process 0
+    if jax.process_index() == 0:
+      for step in steps:
+        os.rename(os.path.join(manager.directory, str(step)), os.path.join(manager.directory, f"damaged_{step}"))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxae: damaged checkpoints moved aside")
     manager.reload()
   return state
 
