@@ -8,14 +8,12 @@ import os
 import re
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by TFDS only) stays quiet
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxae import checkpoint, parallel, report, run, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jaxae.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxae import checkpoint, parallel, report, run, train
+from jaxae.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
                                 lock_config=True)

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import functools
 import inspect
+import math
 
 import jax
 import jax.numpy as jnp
@@ -201,6 +202,10 @@ def from_weights(weights: Mapping[str, float], options: Mapping[str, Mapping[str
   if stray:
     raise UserError(f"loss_options given for {', '.join(map(repr, stray))}, which the loss does not use; "
                     "add the term to the config's loss or drop its options.")
+  for name, w in weights.items():
+    if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+      raise UserError(f"The loss weight of {name!r} is {w!r}; a weight is a finite number >= 0 (e.g. "
+                      f"--config.loss.{name}=0.1), or drop the term from the config's loss.")
   terms = {}
   for name, w in weights.items():
     term = TERMS[name]

@@ -157,3 +157,21 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_a_killed_one_blocks_not
     first.wait()
   again = run_main(*flags[:-3], "--config.epochs=2", "--config.allow_config_change=True", "--workdir", workdir)
   assert again.returncode == 0, again.stderr[-3000:]
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-0.1"])
+def test_a_bad_loss_weight_is_refused_before_training(idx_dir, tmp_path, weight):
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), *idx_flags(idx_dir), f"--config.loss.mse={weight}")
+  _assert_one_clear_error(result, "The loss weight of 'mse' is", "a finite number >= 0", "--config.loss.mse=")
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_quiet_start_unless_asked(idx_dir, tmp_path):
+  """TensorFlow's start-up notices (oneDNN, absl's pre-init warning) are not shown; JAXAE_VERBOSE=1 shows them."""
+  args = ("--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=1")
+  quiet = run_main(*args, "--workdir", str(tmp_path / "a"))
+  assert quiet.returncode == 0, quiet.stderr[-2000:]
+  assert "oneDNN" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr, quiet.stderr[-2000:]
+  loud = run_main(*args, "--workdir", str(tmp_path / "b"), env={"JAXAE_VERBOSE": "1", "TF_ENABLE_ONEDNN_OPTS": "",
+                                                                 "TF_CPP_MIN_LOG_LEVEL": ""})
+  assert loud.returncode == 0 and "oneDNN" in loud.stderr, loud.stderr[-2000:]
