@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -80,6 +81,48 @@ def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True)
         "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
         "holds mnist/3.0.1 prepared by TFDS (this project's shared/data/tfds is one).") from e
   return ds["image"], ds["label"]
+
+
+def cache_dir() -> str:
+  """Where decoded datasets are kept between runs: JAXAE_CACHE_DIR, else ~/.cache/jaxae."""
+  return os.environ.get("JAXAE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxae")
+
+
+def _fingerprint(folder: str) -> str:
+  """A digest of every file's path, size and modification time under `folder` ("" when it does not exist)."""
+  if not os.path.isdir(folder):
+    return ""
+  stats = sorted((os.path.relpath(os.path.join(d, f), folder), st.st_size, st.st_mtime_ns)
+                 for d, _, files in os.walk(folder) for f in files for st in [os.stat(os.path.join(d, f))])
+  return hashlib.sha256(repr(stats).encode()).hexdigest()[:20]
+
+
+def cached_tfds(split: str, *, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """`load_tfds`, with the decoded arrays kept in `cache_dir()` for the next run (TFDS decodes every PNG on
+  each load). The copy is keyed by a fingerprint of the prepared dataset's files (paths, sizes, times), so it
+  is read again when they change; without a prepared copy on disk nothing is cached."""
+  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+  folder = os.path.join(root, "mnist")
+  key = _fingerprint(folder)
+  path = os.path.join(cache_dir(), f"tfds-mnist-{split}-{key}.npz")
+  if key and os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return f["images"], f["labels"]
+    except (OSError, ValueError, KeyError):  # a damaged copy: decode again below
+      pass
+  images, labels = load_tfds(split, data_dir=data_dir, download=download)
+  key = _fingerprint(folder)  # a download may have just prepared it
+  if key:
+    path = os.path.join(cache_dir(), f"tfds-mnist-{split}-{key}.npz")
+    try:
+      os.makedirs(cache_dir(), exist_ok=True)
+      with open(path + f".tmp{os.getpid()}", "wb") as f:
+        np.savez(f, images=images, labels=labels)
+      os.replace(path + f".tmp{os.getpid()}", path)
+    except OSError:  # no room or no permission for the cache: it is only a cache
+      pass
+  return images, labels
 
 
 def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -> np.ndarray:
@@ -204,7 +247,7 @@ def load_dataset(*, source: str = "tfds", scaling: str = "unit", train_subset: i
   raw = {}
   for split, n in (("train", train_subset), ("test", test_subset)):
     if source == "tfds":
-      images, labels = load_tfds(split, data_dir=data_dir or None, download=download)
+      images, labels = cached_tfds(split, data_dir=data_dir or None, download=download)
     else:
       directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
       if not directory:

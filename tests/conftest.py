@@ -5,6 +5,7 @@ import itertools
 import os
 import struct
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +16,8 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)  # `experiments` is importable as in `python -m experiments.main`
 
 _seeds = itertools.count(1234)
+# Decoded datasets are cached between runs; the tests keep theirs out of the user's home (subprocesses inherit it).
+os.environ.setdefault("JAXAE_CACHE_DIR", tempfile.mkdtemp(prefix="jaxae-test-cache-"))
 
 
 @pytest.fixture

@@ -132,3 +132,21 @@ def test_real_mnist_both_sources_agree():
                                 np.sort(idx_test[0].reshape(10000, -1).sum(1)))
   np.testing.assert_array_equal(np.bincount(tfds_test[1]), np.bincount(idx_test[1]))
   assert data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")[0].shape == (60000, 28, 28)
+
+
+def test_decoded_tfds_data_is_kept_for_the_next_run_and_read_again_when_the_source_changes(tfds_dir, tmp_path,
+                                                                                          monkeypatch):
+  monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
+  decoded, real = [], data.load_tfds
+  monkeypatch.setattr(data, "load_tfds", lambda *a, **k: decoded.append(1) or real(*a, **k))
+  first = data.cached_tfds("test", data_dir=tfds_dir, download=False)
+  second = data.cached_tfds("test", data_dir=tfds_dir, download=False)
+  assert len(decoded) == 1 and os.listdir(tmp_path / "cache")
+  np.testing.assert_array_equal(first[0], second[0])
+  np.testing.assert_array_equal(first[1], second[1])
+  prepared = next(os.path.join(d, f) for d, _, files in os.walk(os.path.join(tfds_dir, "mnist")) for f in files)
+  st = os.stat(prepared)
+  os.utime(prepared, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the source changed
+  third = data.cached_tfds("test", data_dir=tfds_dir, download=False)
+  assert len(decoded) == 2
+  np.testing.assert_array_equal(first[0], third[0])
