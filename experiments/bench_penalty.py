@@ -8,7 +8,6 @@ Prints Markdown tables: compile time apart, then the median of repeated steps (b
 float32, with the device named. A step is one Adam update of squared error + 0.1 * penalty.
 """
 
-import importlib
 import math
 import time
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import configs
 from jaxae import data, models, objective, train
 
 flags.DEFINE_list("nets", ["tied", "deep", "conv"], "Encoders to time: tied (S5), deep (S6), conv (S4).")
@@ -37,17 +37,15 @@ NETS = {
 
 def image_shape(spec: str) -> tuple[int, ...]:
   """The shape of one image of the dataset the config `spec` reads (from the dataset's metadata)."""
-  name, _, variant = spec.removesuffix(".py").partition(".py:")
-  return data.example_shape(importlib.import_module(f"experiments.configs.{name}").get_config(variant or None).data)
+  return data.example_shape(configs.load(spec).data)
 
 
 def make_model(name: str):
   """The model of NETS[name]'s config, for its dataset's image shape, in float32 with default initialisers."""
   _, spec, changes = NETS[name]
-  config_name, _, variant = spec.removesuffix(".py").partition(".py:")
-  kwargs = importlib.import_module(f"experiments.configs.{config_name}").get_config(variant or None).model
-  fields = {k: v for k, v in {**kwargs.kwargs.to_dict(), **changes}.items() if v is not None}
-  return models.build(kwargs.name, input_shape=image_shape(spec), **fields)
+  config = configs.load(spec)
+  fields = {k: v for k, v in {**config.model.kwargs.to_dict(), **changes}.items() if v is not None}
+  return models.build(config.model.name, input_shape=data.example_shape(config.data), **fields)
 
 
 def modes(one_layer: bool, examples_per_pass: int = 0):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import glob
 import gzip
-import importlib
 import json
 import os
 import tempfile
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import configs
 from jaxae import data, parallel, train
 from jaxae.run import Components
 
@@ -101,8 +101,7 @@ def op_kind(name: str) -> str:
 
 def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile: bool = False) -> dict:
   """Times one config's scanned train chunk; returns the row's numbers."""
-  name, _, variant = spec.removesuffix(".py").partition(".py:")
-  config = importlib.import_module(f"experiments.configs.{name}").get_config(variant or None)
+  config = configs.load(spec)
   mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, num_devices))
   config.dtype = "float32"  # float64 configs (cae_theano) are timed in float32 too
   if "param_dtype" in config.model.kwargs:

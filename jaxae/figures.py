@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
+from jaxae.metrics import logged_terms
+
 
 def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test codes"):
   """3-D scatter of codes [N, 3] coloured by digit label [N]; the axes span the 0.5-99.5 percentiles
@@ -88,8 +90,7 @@ def loss_curves(records: Sequence[dict], *, keys: Sequence[str] | None = None, t
   present = lambda key: all(key in r for r in records)
   if keys is not None:
     return curves({key: line(key) for key in keys if present(key)}, xlabel="epoch", ylabel="loss", title=title)
-  terms = [k.split("/", 1)[1] for k in records[-1] if k.startswith("train/") and k.count("/") == 1
-           and k not in ("train/loss", "train/steps_in_record") and present(k)]
+  terms = [t for t in logged_terms(records[-1]) if present(f"train/{t}")]
   panels = [("loss (weighted sum)", "loss")] + ([(t, t) for t in terms] if len(terms) > 1 else [])
   fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
   for ax, (label, key) in zip(axes[0], panels):

@@ -81,6 +81,12 @@ class MetricWriter:
     self.close()
 
 
+def logged_terms(record: Mapping[str, float]) -> list[str]:
+  """The loss terms an epoch record holds ("train/<term>"), the total "loss" left out."""
+  return [k.split("/", 1)[1] for k in record if k.startswith("train/") and k.count("/") == 1
+          and k not in ("train/loss", "train/steps_in_record")]
+
+
 def heal_torn_tail(path: str) -> None:
   """Cuts off a last line that a kill or a full disk left half-written (no newline at its end), with a
   warning naming it, so that the next record starts on a line of its own."""

@@ -199,7 +199,7 @@ class TrainedRun:
     return metrics.read_metrics(self.workdir)
 
   @functools.cached_property
-  def _jitted(self) -> dict[str | None, Callable]:
+  def _jitted(self) -> dict:
     return {}
 
   def apply(self, x, *, method: str | None = None, batch_size: int = 1000):
@@ -231,8 +231,10 @@ class TrainedRun:
 
   def jacobian(self, x, *, mode: str = "auto", batch_size: int = 100) -> np.ndarray:
     """Exact encoder Jacobians dh/dx [N, K, D] at examples x [N, D] (see losses.jacobian)."""
+    if ("jacobian", mode) not in self._jitted:  # compiled once per mode (and batch shape)
+      self._jitted["jacobian", mode] = jax.jit(lambda p, xb: losses.jacobian(bind_encode(self.model, p), xb, mode=mode))
+    fn = self._jitted["jacobian", mode]
     with self.precision():
-      fn = jax.jit(lambda p, xb: losses.jacobian(bind_encode(self.model, p), xb, mode=mode))
       return np.concatenate([np.asarray(fn(self.params, x[i:i + batch_size]))
                              for i in range(0, x.shape[0], batch_size)])
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from jaxae import checkpoint, data, objective, parallel
 from jaxae.errors import UserError
-from jaxae.metrics import MetricWriter, check_finite, check_params_finite, mean_metrics
+from jaxae.metrics import MetricWriter, check_finite, check_params_finite, logged_terms, mean_metrics
 
 TrainState = train_state.TrainState
 OPTIMIZERS = ("adam", "sgd")
@@ -283,8 +283,7 @@ def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) ->
 
 def _console_line(epoch: int, epochs: int, record: dict) -> str:
   """The epoch's line: the total loss, each logged term (unweighted), test loss and MSE, seconds."""
-  terms = [k.split("/", 1)[1] for k in record if k.startswith("train/") and k.count("/") == 1
-           and k not in ("train/loss", "train/steps_in_record")]
+  terms = logged_terms(record)
   detail = " (" + ", ".join(f"{t} {record['train/' + t]:.5g}" for t in terms) + ")" if len(terms) > 1 else ""
   return (f"epoch {epoch}/{epochs}  train loss {record['train/loss']:.5f}{detail}  test loss {record['test/loss']:.5f}"
           f"  test mse {record['test/mse']:.6f}  {record['time/epoch_s']:.1f}s")
