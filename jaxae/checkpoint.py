@@ -22,6 +22,8 @@ from jaxae.errors import UserError
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
                      "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll",
                      "start_over_if_damaged")
+# Config fields added since runs were saved whose default is not an "off" value: the value those runs had.
+ADDED_FIELDS = {"data.name": "mnist"}
 
 
 LOCK_FILE = ".lock"
@@ -224,8 +226,9 @@ def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> Non
                     "config.json and resumes from the checkpoints.") from e
   new = _flatten(json.loads(config_json))
   # A field the old run did not have yet, set to an "off" value ("", 0, False), is the behaviour it ran with.
-  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k) and (k in old or new.get(k))]
+  old_value = lambda k: old.get(k, ADDED_FIELDS.get(k))
+  changed = [f"{k}: {old_value(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in RESUMABLE_CHANGES and old_value(k) != new.get(k) and (k in old or new.get(k))]
   if changed:
     raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
                     "or pass --config.allow_config_change=True to resume it with the new values.")

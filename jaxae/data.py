@@ -1,17 +1,21 @@
-"""Datasets into device arrays (MNIST from TFDS or IDX files), preprocessing, and per-epoch batch indices.
+"""Datasets into device arrays (any TFDS image dataset, the MNIST IDX files, or your own .npz), preprocessing,
+and per-epoch batch indices.
 
 `load(config.data)` returns a `Dataset`: the splits, the shape of one image and how to draw it. Nothing
-else in jaxae knows what the images are.
+else in jaxae knows what the images are. Every source yields raw images [N, H, W, C] (uint8, or float in
+[0, 1] from an .npz) and labels [N] (-1 when the data has none); one path subsets, converts and scales them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
 import hashlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -22,11 +26,13 @@ import numpy as np
 from jaxae.errors import UserError
 
 SCALINGS = ("unit", "unit256", "symmetric", "centered")
-SOURCES = ("tfds", "idx")
+SOURCES = ("tfds", "idx", "npz")
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+LUMA = (299, 587, 114)  # ITU-R BT.601 luma weights of R, G, B, in thousandths
+NO_LABEL = -1  # the label of every example of data without labels
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -63,24 +69,62 @@ def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return found[0], found[1]
 
 
-def load_tfds(split: str, *, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """MNIST images [N, H, W, C] uint8 and labels [N] through `tfds.load(batch_size=-1)`, TFDS's order."""
+def _tfds():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
+  return tfds
 
-  data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+def tfds_builder(name: str, data_dir: str | None = None):
+  """TFDS's builder of `name` ("NAME[/CONFIG][:VERSION]", e.g. "emnist/letters", "mnist:3.0.1"), from its
+  metadata alone. Raises UserError for a name TFDS does not know and for a dataset without an `image`
+  feature of fixed-size uint8 images [H, W, C]."""
+  tfds = _tfds()
   try:
-    ds = tfds.as_numpy(tfds.load("mnist", split=split, data_dir=data_dir, batch_size=-1,
-                                 download=download))
+    builder = tfds.builder(name, data_dir=data_dir or os.environ.get("TFDS_DATA_DIR") or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    close = difflib.get_close_matches(name.split(":")[0].split("/")[0], tfds.core.registered.list_imported_builders())
+    raise UserError(f"TFDS has no dataset {name!r}" + (f"; did you mean {' or '.join(close[:3])}?" if close else ".")
+                    + " Set --config.data.name to a name of the TFDS catalog (mnist, fashion_mnist, kmnist, "
+                    "emnist/letters, cifar10, svhn_cropped, ...), or use data.source='npz' for your own images.") from e
+  except (ValueError, AssertionError) as e:  # an unknown builder config or version
+    reason = str(e).split('": ', 1)[-1].split(". ")[0].rstrip(".")
+    configs = [c.name for c in getattr(tfds.builder_cls(name.split(":")[0].split("/")[0]), "BUILDER_CONFIGS", [])]
+    raise UserError(f"TFDS cannot build {name!r}: {reason}. Give --config.data.name as NAME[/CONFIG][:VERSION]"
+                    + (f"; its configs: {', '.join(configs)}." if configs else ".")) from e
+  image = builder.info.features["image"] if "image" in builder.info.features else None
+  if not (isinstance(image, tfds.features.Image) and len(image.shape) == 3 and None not in image.shape
+          and image.np_dtype == np.uint8):
+    raise UserError(f"TFDS dataset {name!r} has no 'image' feature of fixed-size uint8 images [H, W, C] (its "
+                    f"features: {', '.join(builder.info.features)}); jaxae reads image datasets such as mnist or "
+                    "cifar10. Save other images as an .npz and use data.source='npz'.")
+  return builder
+
+
+def load_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
+              download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] uint8 and labels [N] (-1 without a `label` feature) of the TFDS dataset `name`
+  (see `tfds_builder`), all in one batch, in TFDS's order."""
+  tfds = _tfds()
+  builder = tfds_builder(name, data_dir)
+  if builder.info.splits and split not in builder.info.splits:
+    raise UserError(f"TFDS dataset {name!r} has no {split!r} split (its splits: {', '.join(builder.info.splits)}); "
+                    "jaxae trains on 'train' and evaluates on 'test'. Use data.source='npz' to choose your own.")
+  try:
+    if download:
+      builder.download_and_prepare()
+    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   except Exception as e:  # a missing dataset or a failed download surface as many exception types
-    where = str(tfds.builder("mnist", data_dir=data_dir).data_dir_root)
-    problem = (f"MNIST is not in the TFDS data dir {where!r}" if not download else
-               f"Could not load MNIST through TFDS into {where!r} ({type(e).__name__}: {e})")
+    where = str(builder.data_dir_root)
+    problem = (f"TFDS dataset {name!r} is not in the TFDS data dir {where!r}" if not download else
+               f"Could not load {name!r} through TFDS into {where!r} ({type(e).__name__}: "
+               f"{' '.join(str(e).split())[:300]})")
     raise UserError(
         f"{problem}. With network access nothing is needed: leave --config.data.download=True and "
         "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
-        "holds mnist/3.0.1 prepared by TFDS (this project's shared/data/tfds is one).") from e
-  return ds["image"], ds["label"]
+        f"holds {builder.info.full_name} prepared by TFDS (this project's shared/data/tfds holds mnist).") from e
+  labels = ds["label"] if "label" in ds and ds["label"].ndim == 1 else np.full(len(ds["image"]), NO_LABEL)
+  return ds["image"], labels
 
 
 def cache_dir() -> str:
@@ -97,24 +141,26 @@ def _fingerprint(folder: str) -> str:
   return hashlib.sha256(repr(stats).encode()).hexdigest()[:20]
 
 
-def cached_tfds(split: str, *, data_dir: str | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def cached_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
+                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """`load_tfds`, with the decoded arrays kept in `cache_dir()` for the next run (TFDS decodes every PNG on
-  each load). The copy is keyed by a fingerprint of the prepared dataset's files (paths, sizes, times), so it
-  is read again when they change; without a prepared copy on disk nothing is cached."""
-  root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-  folder = os.path.join(root, "mnist")
+  each load). The copy is named by the dataset (name, config, version) and keyed by a fingerprint of its
+  prepared files (paths, sizes, times) in <data_dir>/<name>/<config>/<version>, so it is read again when
+  they change; without a prepared copy on disk nothing is cached."""
+  builder = tfds_builder(name, data_dir)
+  folder, stem = str(builder.data_dir), f"tfds-{builder.info.full_name.replace('/', '-')}-{split}"
   key = _fingerprint(folder)
-  path = os.path.join(cache_dir(), f"tfds-mnist-{split}-{key}.npz")
+  path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
   if key and os.path.exists(path):
     try:
       with np.load(path) as f:
         return f["images"], f["labels"]
     except (OSError, ValueError, KeyError):  # a damaged copy: decode again below
       pass
-  images, labels = load_tfds(split, data_dir=data_dir, download=download)
+  images, labels = load_tfds(split, name=name, data_dir=data_dir, download=download)
   key = _fingerprint(folder)  # a download may have just prepared it
   if key:
-    path = os.path.join(cache_dir(), f"tfds-mnist-{split}-{key}.npz")
+    path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
     try:
       os.makedirs(cache_dir(), exist_ok=True)
       with open(path + f".tmp{os.getpid()}", "wb") as f:
@@ -125,29 +171,123 @@ def cached_tfds(split: str, *, data_dir: str | None = None, download: bool = Tru
   return images, labels
 
 
-def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -> np.ndarray:
-  """uint8 images [N, ...] -> float64 [N, D] flattened (cast to the run's dtype on the device).
+def _npz_keys(path: str) -> list[str]:
+  """The array names in the user's .npz at `path`; UserError when there is none."""
+  if not path:
+    raise UserError("data.source='npz' needs the file: --config.data.path=PATH.npz, saved by np.savez(PATH, "
+                    "train_images=..., test_images=...[, train_labels=..., test_labels=...]).")
+  if not os.path.isfile(path):
+    raise UserError(f"data.path {path!r} does not exist; point --config.data.path at your .npz file.")
+  if not zipfile.is_zipfile(path):
+    raise UserError(f"data.path {path!r} is not an .npz file; write one with np.savez({os.path.basename(path)!r}, "
+                    "train_images=..., test_images=...).")
+  with zipfile.ZipFile(path) as z:
+    return [n.removesuffix(".npy") for n in z.namelist()]
+
+
+def _require(path: str, key: str, keys: Sequence[str]) -> None:
+  if key not in keys:
+    raise UserError(f"{path!r} has no array {key!r} (it holds: {', '.join(keys) or 'nothing'}); save the images "
+                    "with np.savez(PATH, train_images=..., test_images=...).")
+
+
+def _image_shape(shape: Sequence[int], where: str) -> tuple[int, int, int]:
+  """(H, W, C) of one image of an array of `shape` [N, H, W, C] or [N, H, W] (C = 1)."""
+  if len(shape) not in (3, 4) or not shape[0]:
+    raise UserError(f"{where} has shape {tuple(shape)}; give at least one image, as [N, H, W, C] or [N, H, W] "
+                    "(one channel).")
+  return (int(shape[1]), int(shape[2]), int(shape[3]) if len(shape) == 4 else 1)
+
+
+def npz_image_shape(path: str) -> tuple[int, int, int]:
+  """(H, W, C) of the test images of the user's .npz at `path`, from the array's header (no data read)."""
+  _require(path, "test_images", _npz_keys(path))
+  with zipfile.ZipFile(path) as z, z.open("test_images.npy") as f:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape = read(f)[0]
+  return _image_shape(shape, f"{path}: test_images")
+
+
+def load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] and labels [N] of one split of the user's .npz at `path`.
 
   Args:
-    images: [N, ...] uint8 (any image shape; flattened here).
-    scaling: "unit": x / 255 in [0, 1]; "unit256": x / 256, as the Theano tutorial's mnist.pkl.gz
-      (largest value 0.99609375); "symmetric": (x / 255 - 0.5) / 0.5 in [-1, 1];
-      "centered": x / 255 minus `mean`.
+    path: an .npz with arrays `train_images` and `test_images`, each [N, H, W, C] or [N, H, W] (one
+      channel), uint8 (0-255) or float in [0, 1]; optional `train_labels` and `test_labels`, integer [N].
+    split: "train" or "test".
+
+  Returns:
+    The images as stored (C = 1 added to [N, H, W]) and the labels (-1 when the split has none).
+  """
+  keys, where = _npz_keys(path), f"{path}: {split}_images"
+  _require(path, f"{split}_images", keys)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      images = f[f"{split}_images"]
+      labels = f[f"{split}_labels"] if f"{split}_labels" in keys else None
+  except (ValueError, zipfile.BadZipFile) as e:  # object arrays (pickled) and damaged members
+    raise UserError(f"{path!r} cannot be read as arrays ({e}); save numeric arrays with np.savez.") from e
+  shape = _image_shape(images.shape, where)
+  if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+    raise UserError(f"{where} are {images.dtype}; give uint8 images (0-255) or float images in [0, 1] "
+                    "(e.g. images.astype(np.float32) / 255).")
+  if images.dtype != np.uint8:
+    finite = images[np.isfinite(images)]  # NaN and Inf are refused after scaling, with their count
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+      raise UserError(f"{where} are floats in [{finite.min():g}, {finite.max():g}]; float images must be in "
+                      "[0, 1] (divide uint8 images by 255, or save them as uint8).")
+  if labels is None:
+    labels = np.full(len(images), NO_LABEL)
+  elif labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"{path}: {split}_labels is {labels.dtype} {labels.shape} for {len(images)} images; give one "
+                    "integer label per image, shape [N].")
+  return images.reshape((len(images), *shape)), labels
+
+
+def to_grayscale(images: np.ndarray) -> np.ndarray:
+  """RGB images [N, H, W, 3] -> [N, H, W, 1], the ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B.
+
+  uint8 images give uint8, the luma rounded half up, exactly (integer arithmetic, before any scaling);
+  float images give the float luma, unrounded. One-channel images are returned as they are.
+  """
+  if images.shape[-1] == 1:
+    return images
+  if images.shape[-1] != 3:
+    raise UserError(f"data.grayscale converts RGB images, and these have {images.shape[-1]} channels; "
+                    "set --config.data.grayscale=False.")
+  if images.dtype != np.uint8:
+    return (images @ (np.asarray(LUMA, images.dtype) / 1000))[..., None]
+  y = np.zeros(images.shape[:-1], np.int32)
+  for channel, weight in enumerate(LUMA):  # one channel at a time: CIFAR-10's int32 copy would be 600 MB
+    y += weight * images[..., channel].astype(np.int32)
+  return ((y + 500) // 1000).astype(np.uint8)[..., None]
+
+
+def scale(images: np.ndarray, *, scaling: str, mean: np.ndarray | None = None) -> np.ndarray:
+  """Images [N, ...] -> float64 [N, D] flattened (cast to the run's dtype on the device).
+
+  Args:
+    images: [N, ...] uint8 (0-255), or float already in [0, 1] (an .npz's), any image shape.
+    scaling: "unit": in [0, 1] (uint8 x / 255, floats as they are); "unit256": uint8 x / 256, as the
+      Theano tutorial's mnist.pkl.gz (largest value 0.99609375; not for floats); "symmetric": the unit
+      values u as (u - 0.5) / 0.5, in [-1, 1]; "centered": u minus `mean`.
     mean: [D] mean training image in [0, 1], for "centered" only.
   """
+  if scaling not in SCALINGS:
+    raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
   x = images.reshape(images.shape[0], -1).astype(np.float64)
-  if scaling == "unit":
-    x = x / 255.0
+  if images.dtype == np.uint8:
+    x = x / (256.0 if scaling == "unit256" else 255.0)
   elif scaling == "unit256":
-    x = x / 256.0
-  elif scaling == "symmetric":
-    x = (x / 255.0 - 0.5) / 0.5
+    raise UserError("data.scaling='unit256' divides uint8 pixels by 256, and these images are floats (already "
+                    "in [0, 1]); use --config.data.scaling=unit.")
+  if scaling == "symmetric":
+    x = (x - 0.5) / 0.5
   elif scaling == "centered":
     if mean is None:
       raise ValueError("scaling='centered' needs the mean training image")
-    x = x / 255.0 - mean
-  else:
-    raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
+    x = x - mean
   return x
 
 
@@ -212,7 +352,9 @@ def load(data_config, *, dtype=jnp.float32) -> Dataset:
 
 
 def _load(d, dtype) -> Dataset:
-  return load_dataset(source=d.source, scaling=d.scaling, train_subset=d.train_subset, test_subset=d.test_subset,
+  # .get: configs of runs saved before a field existed lack it
+  return load_dataset(source=d.source, name=d.get("name", "mnist"), path=d.get("path", ""), scaling=d.scaling,
+                      grayscale=d.get("grayscale", False), train_subset=d.train_subset, test_subset=d.test_subset,
                       data_dir=d.data_dir, download=d.download, train_classes=tuple(d.get("train_classes", ())),
                       dtype=dtype)
 
@@ -222,55 +364,92 @@ def load_mnist(**kwargs) -> dict[str, Split]:
   return load_dataset(**kwargs).splits
 
 
-def load_dataset(*, source: str = "tfds", scaling: str = "unit", train_subset: int = 0,
-               test_subset: int = 0, data_dir: str = "", download: bool = True,
-               train_classes: Sequence[int] = (), dtype=jnp.float32) -> Dataset:
-  """Both MNIST splits, preprocessed, as device arrays, with their image shape.
+def check_source(source: str, name: str) -> None:
+  """UserError for an unknown source, and for source "idx" (the MNIST IDX files) with another dataset's name."""
+  if source not in SOURCES:
+    raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
+  if source == "idx" and name != "mnist":
+    raise UserError(f"data.source='idx' reads the MNIST IDX files only, and data.name is {name!r}; use "
+                    f"--config.data.source=tfds for {name}, or source=npz with data.path for your own images.")
+
+
+def read_split(source: str, split: str, *, name: str = "mnist", path: str = "", data_dir: str = "",
+               download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Raw images [N, H, W, C] (uint8, or float in [0, 1] from an .npz) and labels [N] of one split."""
+  check_source(source, name)
+  if source == "tfds":
+    return cached_tfds(split, name=name, data_dir=data_dir or None, download=download)
+  if source == "npz":
+    return load_npz(path, split)
+  directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
+  if not directory:
+    raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
+                    "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
+  images, labels = load_idx(directory, split)
+  return images[..., None], labels  # one channel
+
+
+def keep_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """The examples whose label is one of `classes`; UserError for classes no example has."""
+  present = np.unique(labels)
+  if (present == NO_LABEL).all():
+    raise UserError("data.train_classes needs labels, and the training images have none (no 'label' feature in "
+                    "TFDS, no train_labels array in the .npz); add them or leave data.train_classes empty.")
+  unknown = sorted(set(int(c) for c in classes) - set(present.tolist()))
+  if unknown:
+    named = (f"{present.min()}-{present.max()}" if len(present) == present.max() - present.min() + 1 else
+             ", ".join(map(str, present[:30])) + (", ..." if len(present) > 30 else ""))
+    raise UserError(f"data.train_classes holds {unknown}, which no training example has as label; the labels "
+                    f"present are {named}.")
+  keep = np.isin(labels, np.asarray(classes))
+  return images[keep], labels[keep]
+
+
+def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", scaling: str = "unit",
+                 grayscale: bool = False, train_subset: int = 0, test_subset: int = 0, data_dir: str = "",
+                 download: bool = True, train_classes: Sequence[int] = (), dtype=jnp.float32) -> Dataset:
+  """Both splits, preprocessed, as device arrays, with their image shape.
 
   Args:
-    source: "tfds" (TFDS's order) or "idx" (IDX files in file order, from `data_dir` or JAXAE_IDX_DIR).
+    source: "tfds" (the TFDS dataset `name`, TFDS's order), "idx" (the MNIST IDX files in file order,
+      from `data_dir` or JAXAE_IDX_DIR) or "npz" (your own arrays at `path`, see `load_npz`).
+    name: TFDS dataset, "NAME[/CONFIG][:VERSION]" (source "tfds"; "idx" is MNIST only).
+    path: the .npz file (source "npz").
     scaling: see `scale`; "centered" subtracts the mean of the (subset of the) training images.
+    grayscale: RGB images to one channel (see `to_grayscale`), before scaling.
     train_subset, test_subset: keep the first N examples of the split (0 keeps all).
     data_dir: TFDS data dir or IDX folder ("" = the default: TFDS_DATA_DIR, or JAXAE_IDX_DIR).
-    download: let TFDS download MNIST when it is missing.
-    train_classes: keep only training images of these digits (after `train_subset`; () keeps all);
+    download: let TFDS download the dataset when it is missing.
+    train_classes: keep only training images of these labels (after `train_subset`; () keeps all);
       the test split stays whole (anomaly detection trains on 0-8 and scores the 9s).
     dtype: float dtype of the images on the device.
 
   Returns:
     A Dataset.
   """
-  if source not in SOURCES:
-    raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
   if scaling not in SCALINGS:
     raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
   raw = {}
   for split, n in (("train", train_subset), ("test", test_subset)):
-    if source == "tfds":
-      images, labels = cached_tfds(split, data_dir=data_dir or None, download=download)
-    else:
-      directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
-      if not directory:
-        raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
-                        "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
-      images, labels = load_idx(directory, split)
-      images = images[..., None]  # one channel
+    images, labels = read_split(source, split, name=name, path=path, data_dir=data_dir, download=download)
     if n:
       images, labels = images[:n], labels[:n]
     if split == "train" and len(train_classes):
-      unknown = sorted(set(train_classes) - set(range(10)))
-      if unknown:
-        raise UserError(f"data.train_classes holds {unknown}, which are not MNIST digits; give digits 0-9.")
-      keep = np.isin(labels, np.asarray(train_classes))
-      images, labels = images[keep], labels[keep]
-    raw[split] = images, labels
-  mean = raw["train"][0].reshape(len(raw["train"][0]), -1).mean(0) / 255.0 if scaling == "centered" else None
+      images, labels = keep_classes(images, labels, train_classes)
+    raw[split] = to_grayscale(images) if grayscale else images, labels
+  train_images, test_images = raw["train"][0], raw["test"][0]
+  if train_images.shape[1:] != test_images.shape[1:] or train_images.dtype != test_images.dtype:
+    raise UserError(f"The train images are {train_images.dtype} {train_images.shape[1:]} and the test images "
+                    f"{test_images.dtype} {test_images.shape[1:]}; both splits need one image shape and dtype.")
+  mean = None
+  if scaling == "centered":
+    mean = train_images.reshape(len(train_images), -1).mean(0) / (255.0 if train_images.dtype == np.uint8 else 1.0)
   splits = {}
   for split, (images, labels) in raw.items():
     x = scale(images, scaling=scaling, mean=mean)
     refuse_non_finite(x, split=split, scaling=scaling)
     splits[split] = Split(jnp.asarray(x, dtype), jnp.asarray(labels, jnp.int32))
-  return Dataset(splits, tuple(int(n) for n in raw["train"][0].shape[1:]), 0.0 if mean is None else mean,
+  return Dataset(splits, tuple(int(n) for n in train_images.shape[1:]), 0.0 if mean is None else mean,
                  (-1.0, 1.0) if scaling == "symmetric" else (0.0, 1.0))
 
 
@@ -289,7 +468,10 @@ def synthetic(key: jax.Array, image_shape: Sequence[int], *, n_train: int, n_tes
 def example_shape(data_config) -> tuple[int, int, int]:
   """(H, W, C) of one image of the dataset `data_config` names, read from its metadata, not its images."""
   d = data_config
-  if d.source == "idx":
+  check_source(d.source, d.get("name", "mnist"))
+  if d.source == "npz":
+    shape = npz_image_shape(d.get("path", ""))
+  elif d.source == "idx":
     directory = d.data_dir or os.environ.get("JAXAE_IDX_DIR", "")
     stem = os.path.join(directory, IDX_FILES["test"][0])
     path = next((p for p in (stem + ".gz", stem) if os.path.exists(p)), None)
@@ -298,11 +480,10 @@ def example_shape(data_config) -> tuple[int, int, int]:
                       "at the folder of the MNIST IDX files.")
     with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
       header = f.read(16)
-    return (*(int(v) for v in np.frombuffer(header, ">u4", count=2, offset=8)), 1)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
-  builder = tfds.builder("mnist", data_dir=d.data_dir or os.environ.get("TFDS_DATA_DIR") or None)
-  return tuple(int(n) for n in builder.info.features["image"].shape)
+    shape = (*(int(v) for v in np.frombuffer(header, ">u4", count=2, offset=8)), 1)
+  else:
+    shape = tuple(int(n) for n in tfds_builder(d.get("name", "mnist"), d.data_dir).info.features["image"].shape)
+  return (*shape[:2], 1) if d.get("grayscale", False) else shape
 
 
 def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:

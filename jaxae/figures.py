@@ -14,17 +14,19 @@ from jaxae.metrics import logged_terms
 
 
 def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test codes"):
-  """3-D scatter of codes [N, 3] coloured by digit label [N]; the axes span the 0.5-99.5 percentiles
-  (3-D axes do not clip, so the few codes outside are left out and counted in the title)."""
+  """3-D scatter of codes [N, 3] coloured by label [N] (-1: unlabelled, one colour); the axes span the 0.5-99.5
+  percentiles (3-D axes do not clip, so the few codes outside are left out and counted in the title)."""
   lo, hi = np.percentile(codes, [0.5, 99.5], axis=0)
   lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
   inside = np.all((codes >= lo) & (codes <= hi), axis=1)
   fig = plt.figure(figsize=(8, 6.5))
   ax = fig.add_subplot(projection="3d")
-  cmap = plt.get_cmap("tab10")
-  for digit in range(10):
-    pts = codes[inside & (labels == digit)]
-    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=3, alpha=0.6, color=cmap(digit), label=str(digit))
+  classes = np.unique(labels)
+  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+  for i, label in enumerate(classes):
+    pts = codes[inside & (labels == label)]
+    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=3, alpha=0.6, color=cmap(i % cmap.N),
+               label="none" if label < 0 else str(label))
   ax.set_xlim(lo[0], hi[0])
   ax.set_ylim(lo[1], hi[1])
   ax.set_zlim(lo[2], hi[2])
@@ -32,7 +34,7 @@ def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test
   ax.set_ylabel("h2")
   ax.set_zlabel("h3")
   ax.set_title(f"{title}, {int((~inside).sum())} outliers not drawn" if (~inside).any() else title)
-  ax.legend(title="digit", markerscale=5, loc="center left", bbox_to_anchor=(1.08, 0.5))
+  ax.legend(title="label", markerscale=5, loc="center left", bbox_to_anchor=(1.08, 0.5), ncol=1 + len(classes) // 20)
   fig.subplots_adjust(left=0.0, right=0.84, top=0.95, bottom=0.03)
   return fig
 

@@ -38,9 +38,11 @@ def input_filters(params, size: int) -> np.ndarray | None:
 
 
 def one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
-  """Indices of the first example of each of the first `n` classes present (by label value)."""
-  classes = np.unique(labels)[:n]
-  return np.array([int(np.argmax(labels == c)) for c in classes])
+  """Indices of the first example of each of the first `n` classes present (by label value), then, with
+  fewer classes than `n` (unlabelled data: all -1), the next examples in order: min(n, N) in all."""
+  first = [int(np.argmax(labels == c)) for c in np.unique(labels)[:n]]
+  rest = np.setdiff1d(np.arange(len(labels)), first)[:n - len(first)]
+  return np.concatenate([np.array(first, int), rest])
 
 
 def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", verbose: bool = True) -> list[str]:

@@ -109,3 +109,41 @@ def tfds_dir(tmp_path_factory, idx_dir):
       download_dir=str(tmp_path_factory.mktemp("tfds_downloads")),
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return directory
+
+
+FAKE_TFDS = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}  # name -> image shape
+FAKE_SIZES = {"train": 64, "test": 32}
+
+
+def fake_tfds_split(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The uint8 images [N, H, W, C] and labels 0-9 [N] that `image_tfds_dir` holds as TFDS `name`'s `split`."""
+  rng = np.random.default_rng([sorted(FAKE_TFDS).index(name), ("train", "test").index(split)])
+  n = FAKE_SIZES[split]
+  return rng.integers(0, 256, (n, *FAKE_TFDS[name]), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+@pytest.fixture(scope="session")
+def image_tfds_dir(tmp_path_factory):
+  """A TFDS data dir holding tiny fake 'fashion_mnist' (28x28x1) and 'cifar10' (32x32x3): 64 train and 32
+  test examples each (`fake_tfds_split`), prepared through subclasses of TFDS's own builders (no download)."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  bases = {"fashion_mnist": tfds.image_classification.FashionMNIST, "cifar10": tfds.image_classification.Cifar10}
+  directory = str(tmp_path_factory.mktemp("tfds_images"))
+  for dataset, base in bases.items():
+
+    class Fake(base, skip_registration=True):
+      name = dataset
+
+      def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in FAKE_SIZES}
+
+      def _generate_examples(self, split):  # pylint: disable=arguments-differ
+        images, labels = fake_tfds_split(self.name, split)
+        for i, (image, label) in enumerate(zip(images, labels)):
+          extra = {"id": f"{split}_{i:05d}"} if "id" in self.info.features else {}
+          yield i, {"image": image, "label": int(label), **extra}
+
+    Fake(data_dir=directory).download_and_prepare(
+        download_dir=str(tmp_path_factory.mktemp("tfds_downloads")),
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return directory

@@ -30,6 +30,7 @@ def test_config_smoke_runs(name, idx_dir, tmp_path, restore_x64):
   module, _, variant = name.partition(":")
   config = importlib.import_module(f"experiments.configs.{module}").get_config(f"{variant},smoke" if variant else "smoke")
   config.data.source = "idx"
+  config.data.name = "mnist"  # datasets.py's own data: test_datasets.py runs its configs on fake copies
   config.data.data_dir = idx_dir
   config.data.train_subset = min(config.data.train_subset or 10**9, 2 * config.batch_size)
   config.data.test_subset = min(config.data.test_subset or 10**9, 16)

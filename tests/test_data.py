@@ -66,7 +66,7 @@ def test_train_classes_keep_those_digits_of_the_training_split_only(idx_dir):
   np.testing.assert_array_equal(splits["train"].labels, labels[:300][keep])
   np.testing.assert_allclose(splits["train"].x, images[:300][keep].reshape(-1, 784) / 255.0, rtol=1e-6)
   assert 9 in np.asarray(splits["test"].labels)  # the test split stays whole: the 9s are the anomalies
-  with pytest.raises(UserError, match=r"train_classes holds \[10\].*digits 0-9"):
+  with pytest.raises(UserError, match=r"train_classes holds \[10\].*labels present are 0-9"):
     data.load_mnist(source="idx", data_dir=idx_dir, train_classes=(3, 10))
 
 
@@ -103,7 +103,7 @@ def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
 
 
 def test_missing_tfds_data_says_how_to_get_it(tmp_path):
-  with pytest.raises(UserError, match="MNIST is not in the TFDS data dir.*TFDS_DATA_DIR"):
+  with pytest.raises(UserError, match="'mnist' is not in the TFDS data dir.*TFDS_DATA_DIR"):
     data.load_tfds("train", data_dir=str(tmp_path), download=False)
 
 
@@ -113,7 +113,7 @@ def test_missing_idx_files_say_where(tmp_path):
 
 
 def test_unknown_source_and_scaling():
-  with pytest.raises(UserError, match="Unknown data source 'csv'; known: tfds, idx"):
+  with pytest.raises(UserError, match="Unknown data source 'csv'; known: tfds, idx, npz"):
     data.load_mnist(source="csv")
   with pytest.raises(UserError, match="Unknown data scaling 'zscore'"):
     data.load_mnist(source="idx", scaling="zscore")

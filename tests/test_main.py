@@ -72,7 +72,7 @@ def test_data_dir_without_mnist(tmp_path):
   empty.mkdir()
   result = run_main("--config", CONFIG, "--workdir", str(tmp_path / "run"), f"--config.data.data_dir={empty}",
                     "--config.data.download=False")
-  _assert_one_clear_error(result, f"MNIST is not in the TFDS data dir '{empty}'", "TFDS_DATA_DIR")
+  _assert_one_clear_error(result, f"'mnist' is not in the TFDS data dir '{empty}'", "TFDS_DATA_DIR")
 
 
 def test_workdir_that_cannot_be_written(idx_dir, tmp_path):

@@ -33,13 +33,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.imports = ()                  # modules to import first: those that register your own terms and models
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "tfds"          # "tfds" (TFDS order) or "idx" (IDX files in file order)
+  c.data.source = "tfds"          # "tfds" (TFDS order), "idx" (MNIST IDX files in file order) or "npz" (your own)
+  c.data.name = "mnist"           # TFDS dataset NAME[/CONFIG][:VERSION] with an image feature: fashion_mnist, cifar10, ...
+  c.data.path = ""                # source "npz": np.savez file of train_images, test_images[, train_labels, test_labels]
   c.data.data_dir = ""            # TFDS data dir or IDX folder; "" = TFDS_DATA_DIR / JAXAE_IDX_DIR / TFDS default
-  c.data.download = True          # let TFDS download MNIST when it is missing
+  c.data.download = True          # let TFDS download the dataset when it is missing
+  c.data.grayscale = False        # RGB to one channel (ITU-R 601 luma 0.299R + 0.587G + 0.114B), e.g. CIFAR-bw
   c.data.scaling = "unit"         # "unit" x/255, "unit256" x/256, "symmetric" [-1, 1], "centered" minus mean image
   c.data.train_subset = 0         # first N training images (0 = all)
   c.data.test_subset = 0          # first N test images (0 = all)
-  c.data.train_classes = ()       # train on these digits only, e.g. (0, ..., 8) for anomaly detection (() = all)
+  c.data.train_classes = ()       # train on these labels only, e.g. (0, ..., 8) for anomaly detection (() = all)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dense"          # a key of jaxae.models.MODELS (yours: @jaxae.models.register, module in imports)
