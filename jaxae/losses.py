@@ -196,6 +196,86 @@ def sigmoid_jacobian_sq_norm(h: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.sum((h * (1.0 - h)) ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)
 
 
+# The factored exact penalty. For h = rest(z1), z1 = first(x) affine (z1 = x W1 + b1 for a dense first layer),
+# J = M A with M = d rest / d z1 [K, H1] and A = d z1 / d x [H1, D] (A = W1^T when dense), so
+#   ||J||_F^2 = sum_k m_k^T G m_k,  G = A A^T = W1^T W1 [H1, H1], formed once per batch.
+# Per example that costs M (min(K, H1) passes through `rest` alone) and K H1^2 for the quadratic form
+# (undercomplete first layer, H1 <= D), or K H1 D for J = M W1^T itself (overcomplete, H1 > D).
+# When `rest` is element-wise (one layer: an activation and nothing else), M is diagonal, one
+# forward-mode pass with a tangent of ones gives its diagonal d, and ||J||_F^2 = sum_j d_j^2 ||W1[:, j]||^2:
+# the closed form of Rifai et al., found from the encoder's structure (`is_elementwise`) rather than named.
+# A convolutional first layer has H1 = H W C1 > D and no small G: J = M A is computed as K transposed
+# convolutions of the rows of M, which is what jacrev does; the factored form buys nothing there.
+_ELEMENTWISE = frozenset((
+    "abs", "add", "convert_element_type", "copy", "cos", "div", "eq", "erf", "erf_inv", "exp", "exp2", "expm1",
+    "ge", "gt", "integer_pow", "le", "log", "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "pow",
+    "rsqrt", "select_n", "sign", "sin", "sqrt", "square", "sub", "tan", "tanh", "stop_gradient"))
+
+
+def is_elementwise(fn, example: jax.Array) -> bool:
+  """Whether fn maps `example` to an array of its shape through element-wise operations only, so that
+  output j depends on input j alone and d fn / d example is diagonal.
+
+  Read from fn's jaxpr: every operation (inside nested calls such as jit or custom_jvp too) must be one of
+  the element-wise primitives, on arrays of example's shape or scalars; anything else (a matmul, a
+  reduction, a reshape, a broadcast of a non-scalar) says no.
+  """
+  closed = jax.make_jaxpr(fn)(example)
+  shape = tuple(example.shape)
+  if tuple(closed.out_avals[0].shape) != shape or len(closed.out_avals) != 1:
+    return False
+  return _elementwise_jaxpr(closed.jaxpr, shape)
+
+
+def _elementwise_jaxpr(jaxpr, shape) -> bool:
+  for eqn in jaxpr.eqns:
+    subs = [v for v in eqn.params.values() if hasattr(v, "eqns") or hasattr(v, "jaxpr")]
+    avals = [getattr(v, "aval", None) for v in (*eqn.invars, *eqn.outvars)]
+    if any(a is not None and getattr(a, "shape", ()) not in ((), shape) for a in avals):
+      return False
+    if subs:
+      if not all(_elementwise_jaxpr(getattr(j, "jaxpr", j), shape) for j in subs):
+        return False
+    elif eqn.primitive.name == "broadcast_in_dim":
+      if eqn.invars[0].aval.shape != ():
+        return False
+    elif eqn.primitive.name not in _ELEMENTWISE:
+      return False
+  return True
+
+
+def factored_jacobian_sq_norm(first, rest, x: jax.Array, *, kernel: jax.Array | None = None,
+                              inner_mode: str = "auto") -> jax.Array:
+  """Exact ||dh/dx||_F^2 per example through the encoder's first affine layer (see the note above).
+
+  Args:
+    first: one example [*S] -> z1 [*Z], the first layer's pre-activation, affine in x.
+    rest: z1 -> code [*K], the rest of the encoder.
+    x: [B, *S] inputs.
+    kernel: W1 [D, H1] when z1 = x.reshape(D) W1 + b1 (a dense first layer), else None (any affine
+      first layer, e.g. a convolution: its transpose is applied by reverse mode).
+    inner_mode: how M = d rest / d z1 is computed: "jacfwd", "jacrev" or "auto" (`jacobian_mode` on rest).
+
+  Returns:
+    [B] ||dh/dx||_F^2, equal to `jacobian_sq_norm` up to rounding.
+  """
+  z = jax.vmap(first)(x)
+  if kernel is not None and is_elementwise(rest, z[0]):
+    d = jax.vmap(lambda zi: jax.jvp(rest, (zi,), (jnp.ones_like(zi),))[1])(z)
+    return jnp.sum(d.reshape(len(x), -1) ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)
+  jac = jax.jacfwd(rest) if jacobian_mode(rest, z[0], inner_mode) == "jacfwd" else jax.jacrev(rest)
+  m = jax.vmap(lambda zi: jac(zi).reshape(-1, zi.size))(z)  # [B, K, H1]
+  if kernel is None:  # J = M A, each row of M through the first layer's transpose
+    _, vjp = jax.vjp(first, x[0])
+    j = jax.vmap(jax.vmap(lambda row: vjp(row.reshape(z.shape[1:]))[0]))(m)
+    return jnp.sum(j.reshape(len(x), -1) ** 2, axis=-1)
+  d, h1 = kernel.shape
+  if h1 <= d:  # undercomplete first layer: the quadratic form with G = W1^T W1
+    gram = kernel.T @ kernel
+    return jnp.einsum("bkh,bkh->b", m @ gram, m)
+  return jnp.sum((m @ kernel.T) ** 2, axis=(1, 2))  # overcomplete: J = M W1^T itself
+
+
 def projected_jacobian_sq_norm(key: jax.Array, encode, x: jax.Array, *, num_projections: int) -> jax.Array:
   """Unbiased estimate of ||dh/dx||_F^2 from random projections: E ||J v||^2 = ||J||_F^2, v ~ N(0, I).
 

@@ -120,21 +120,18 @@ def weight_decay(inp: LossInputs) -> jax.Array:
   return losses.kernels_sq_norm(inp.params)
 
 
-def _one_sigmoid_layer_kernel(inp: LossInputs) -> jax.Array:
-  """W [D, K] of a model whose encoder is one dense layer with a sigmoid (tied: kernel_0; dense:
-  encoder/dense_0), the only encoder for which the closed form holds."""
-  params, model = inp.params, inp.model
-  if "kernel_0" in params and "kernel_1" not in params:
-    kernel, activation = params["kernel_0"], getattr(model, "activation", None)
-  elif set(params.get("encoder", {})) == {"dense_0"}:
-    kernel, activation = params["encoder"]["dense_0"]["kernel"], getattr(model, "code_activation", None)
-  else:
-    raise UserError("contractive mode 'closed_form' holds for a one-layer sigmoid encoder only; this model has "
-                    "more layers. Use mode 'jacfwd' (exact for any encoder).")
-  if activation != "sigmoid":
-    raise UserError(f"contractive mode 'closed_form' holds for a sigmoid encoder only; this encoder's activation "
-                    f"is {activation!r}. Use mode 'jacfwd' (exact for any encoder).")
-  return kernel
+def encoder_split(inp: LossInputs):
+  """(first, rest, kernel) of the model's encoder split after its first affine layer, for one example with the
+  parameters bound (see `losses.factored_jacobian_sq_norm`), or None when the model does not offer the split
+  (methods encode_first, encode_rest and, for a dense first layer, first_kernel)."""
+  model = inp.model
+  if model is None or not all(callable(getattr(model, m, None)) for m in ("encode_first", "encode_rest")):
+    return None
+  variables = {"params": inp.params}
+  first = lambda x: model.apply(variables, x, method="encode_first")
+  rest = lambda z: model.apply(variables, z, method="encode_rest")
+  kernel = model.apply(variables, method="first_kernel") if callable(getattr(model, "first_kernel", None)) else None
+  return first, rest, kernel
 
 
 def _needs_key(inp: LossInputs, term: str) -> jax.Array:
@@ -143,7 +140,25 @@ def _needs_key(inp: LossInputs, term: str) -> jax.Array:
   return inp.key
 
 
-CONTRACTIVE_MODES = losses.JACOBIAN_MODES + ("closed_form", "projections")
+CONTRACTIVE_MODES = losses.JACOBIAN_MODES + ("factored", "closed_form", "projections")
+
+
+def contractive_mode(inp: LossInputs, mode: str) -> str:
+  """The exact mode that "auto" stands for on this model: "factored" when the model splits its encoder after a
+  dense first layer, else `losses.jacobian_mode`'s choice between jacfwd and jacrev.
+
+  Why factored wins whenever it applies (float32 train steps, batch 128, 2-core CPU; `python -m
+  experiments.bench_penalty`, docs/contractive.md): it differentiates the first layer once instead of in each of
+  min(D, K) passes, and replaces D x H1 per pass by a K x H1 x min(H1, D) quadratic form; for a one-layer
+  encoder (rest element-wise) it is the closed form, one pass. A conv first layer has no small Gram matrix and
+  factored equals jacrev there, so auto keeps the jacfwd/jacrev rule for it.
+  """
+  if mode != "auto":
+    return mode
+  split = encoder_split(inp)
+  if split is not None and split[2] is not None:
+    return "factored"
+  return losses.jacobian_mode(inp.encode, inp.x_in[0], "auto")
 
 
 @register("contractive")
@@ -151,17 +166,30 @@ def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int =
                 examples_per_pass: int = 0) -> jax.Array:
   """Batch mean of ||dh/dx||_F^2 at the encoder's input, h the code of one example.
 
-  mode: "jacfwd" (exact, any encoder, the default), "jacrev", "auto" (the cheaper exact mode),
-  "closed_form" (exact, one sigmoid layer only), "projections" (unbiased estimate from
-  `num_projections` random directions). examples_per_pass > 0 bounds the memory of exact modes.
+  mode: "jacfwd" (exact, any encoder, the default), "jacrev", "factored" (exact, through the model's first
+  affine layer; see `losses.factored_jacobian_sq_norm`), "auto" (the cheapest exact mode, `contractive_mode`),
+  "closed_form" (factored, refused unless the encoder is one layer: a dense layer and an element-wise
+  activation), "projections" (unbiased estimate from `num_projections` random directions).
+  examples_per_pass > 0 bounds the memory of the jacfwd and jacrev modes.
   """
   if mode not in CONTRACTIVE_MODES:
     raise UserError(f"Unknown contractive mode {mode!r}; known: {', '.join(CONTRACTIVE_MODES)}.")
-  if mode == "closed_form":
-    return jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], _one_sigmoid_layer_kernel(inp)))
+  mode = contractive_mode(inp, mode)
   if mode == "projections":
     return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
                                                       num_projections=num_projections))
+  if mode in ("factored", "closed_form"):
+    split = encoder_split(inp)
+    if split is None:
+      raise UserError(f"contractive mode {mode!r} needs a model that splits its encoder after the first layer "
+                      "(methods encode_first, encode_rest[, first_kernel]); this one does not. Use mode 'auto' "
+                      "or 'jacfwd' (exact for any encoder).")
+    first, rest, kernel = split
+    if mode == "closed_form" and (kernel is None or not losses.is_elementwise(rest, jax.eval_shape(first, inp.x_in[0]))):
+      raise UserError("contractive mode 'closed_form' holds for a one-layer encoder only (a dense layer and an "
+                      "element-wise activation); this encoder has more after its first layer. Use mode 'auto' "
+                      "(exact for any encoder, the closed form where it holds).")
+    return jnp.mean(losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel))
   return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode, examples_per_pass=examples_per_pass))
 
 

@@ -55,6 +55,85 @@ def test_modes_agree_with_closed_form_and_finite_differences(x64, key):
   assert closed.dtype == jnp.float64 and np.all(np.asarray(closed) > 0)
 
 
+# Encoders for the factored mode: (model, input size); parameters are drawn at random, biases non-zero.
+FACTORED_ENCODERS = {
+    "tied sigmoid": (lambda: models.TiedAE(input_dim=12, features=(7,), param_dtype="float64"), 12),
+    "untied sigmoid": (lambda: models.DenseAE(encoder_features=(7,), decoder_features=(12,),
+                                              code_activation="sigmoid"), 12),
+    "deep tanh": (lambda: models.TiedAE(input_dim=12, features=(9, 7, 3), activation="tanh",
+                                        param_dtype="float64"), 12),
+    "deep relu": (lambda: models.DenseAE(encoder_features=(11, 8, 4), decoder_features=(12,), activation="relu",
+                                         code_activation="relu"), 12),
+    "deep leaky_relu": (lambda: models.DenseAE(encoder_features=(11, 8, 4), decoder_features=(12,),
+                                               activation="leaky_relu", code_activation="linear"), 12),
+    "overcomplete first layer": (lambda: models.TiedAE(input_dim=6, features=(15, 4), activation="tanh",
+                                                       param_dtype="float64"), 6),
+    "vae mu": (lambda: models.VAE(encoder_features=(9,), latents=3, input_shape=(12,)), 12),
+    "conv": (lambda: models.ConvAE(input_shape=(8, 8, 1)), 64),
+}
+
+
+def _random_inputs(key, name, n=3):
+  model_fn, d = FACTORED_ENCODERS[name]
+  model = model_fn()
+  k1, k2, k3 = jax.random.split(key, 3)
+  x = jax.random.uniform(k1, (n, d), jnp.float64)
+  params = model.init(k2, x[0])["params"]
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  noise = jax.random.split(k3, len(leaves))  # every parameter, biases included, random and non-zero
+  params = tree.unflatten([p.astype(jnp.float64) + 0.3 * jax.random.normal(k, p.shape, jnp.float64) + 0.05
+                           for p, k in zip(leaves, noise)])
+  out = model.apply({"params": params}, x)
+  return objective.LossInputs(x, x, out, params, train.bind_encode(model, params), k1, model)
+
+
+@pytest.mark.parametrize("name", list(FACTORED_ENCODERS))
+def test_factored_equals_jacfwd_jacrev_and_finite_differences(x64, key, name):
+  inp = _random_inputs(key, name)
+  first, rest, kernel = objective.encoder_split(inp)
+  got = losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel)
+  fwd = losses.jacobian_sq_norm(inp.encode, inp.x_in, mode="jacfwd")
+  assert np.all(np.asarray(fwd) > 1e-3), fwd  # a Jacobian that is not all dead units
+  np.testing.assert_allclose(got, fwd, rtol=1e-12)
+  np.testing.assert_allclose(got, losses.jacobian_sq_norm(inp.encode, inp.x_in, mode="jacrev"), rtol=1e-12)
+  np.testing.assert_allclose(got, _fd_sq_norm(inp.encode, inp.x_in), rtol=1e-6)
+  assert got.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("name", ["tied sigmoid", "deep tanh", "overcomplete first layer", "conv"])
+def test_factored_parameter_gradient_equals_jacfwd(x64, key, name):
+  inp = _random_inputs(key, name)
+  def penalty(params, mode):
+    return objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": mode}})(
+        inp._replace(params=params, encode=train.bind_encode(inp.model, params)))[0]
+  chex.assert_trees_all_close(jax.grad(penalty)(inp.params, "factored"), jax.grad(penalty)(inp.params, "jacfwd"),
+                              rtol=1e-10, atol=1e-12)
+
+
+def test_closed_form_is_found_from_the_structure(x64, key):
+  inp = _random_inputs(key, "tied sigmoid")
+  first, rest, kernel = objective.encoder_split(inp)
+  assert losses.is_elementwise(rest, first(inp.x_in[0]))
+  np.testing.assert_allclose(objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)[0],
+                             jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], inp.params["kernel_0"])),
+                             rtol=1e-14)
+  z = jnp.linspace(-2.0, 2.0, 6)
+  for fn in (jax.nn.sigmoid, jnp.tanh, jax.nn.relu, lambda v: jax.nn.leaky_relu(v, 0.1), jax.nn.gelu,
+             lambda v: v * jax.nn.sigmoid(v) + 3.0):
+    assert losses.is_elementwise(fn, z)
+  w = jax.random.normal(key, (6, 6), jnp.float64)
+  for fn in (lambda v: jnp.tanh(v @ w), jax.nn.softmax, lambda v: v[::-1], lambda v: v - v.mean(),
+             lambda v: jnp.tanh(v)[:3], lambda v: jnp.roll(v, 1)):
+    assert not losses.is_elementwise(fn, z)
+
+
+def test_auto_takes_factored_where_the_first_layer_is_dense(x64, key):
+  dense = {name: _random_inputs(key, name) for name in ("tied sigmoid", "deep tanh", "conv")}
+  assert objective.contractive_mode(dense["tied sigmoid"], "auto") == "factored"
+  assert objective.contractive_mode(dense["deep tanh"], "auto") == "factored"
+  assert objective.contractive_mode(dense["conv"], "auto") in ("jacfwd", "jacrev")  # no dense first layer
+
+
 def test_deep_encoder_modes_agree_with_finite_differences(x64, key):
   model, params = _deep(key)
   encode = train.bind_encode(model, params)
@@ -144,7 +223,7 @@ def test_contractive_term_errors(key):
   x = jax.random.normal(key, (2, 10))
   inp = objective.LossInputs(x, x, model.apply({"params": params}, x), params, train.bind_encode(model, params),
                              model=model)
-  with pytest.raises(UserError, match="one-layer sigmoid encoder only"):
+  with pytest.raises(UserError, match="one-layer encoder only .a dense layer and an element-wise activation"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)
   with pytest.raises(UserError, match="Unknown contractive mode 'exact'"):
     objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "exact"}})(inp)

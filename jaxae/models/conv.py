@@ -36,9 +36,18 @@ class ConvAE(nn.Module):
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., H*W*C] -> code [..., H/4 * W/4]."""
-    lead = x.shape[:-1]
-    h = x.reshape((-1,) + tuple(self.input_shape))
-    h = nn.max_pool(nn.relu(self.enc[0](h)), (2, 2), (2, 2))
+    return self.encode_rest(self.encode_first(x))
+
+  # The encoder split after its first convolution (the factored exact penalty; no first_kernel: the layer
+  # is not a dense matrix, its transpose is applied by reverse mode).
+  def encode_first(self, x: jax.Array) -> jax.Array:
+    """x: [..., H*W*C] -> the first convolution's output [..., H, W, 128], before its ReLU."""
+    return self.enc[0](x.reshape(x.shape[:-1] + tuple(self.input_shape)))
+
+  def encode_rest(self, z1: jax.Array) -> jax.Array:
+    lead = z1.shape[:-3]
+    h = z1.reshape((-1,) + z1.shape[-3:])
+    h = nn.max_pool(nn.relu(h), (2, 2), (2, 2))
     h = nn.max_pool(nn.relu(self.enc[1](h)), (2, 2), (2, 2))
     h = nn.relu(self.enc[2](h))
     return h.reshape(lead + (-1,))

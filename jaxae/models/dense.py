@@ -27,7 +27,8 @@ class MLP(nn.Module):
   """Dense layers of the given widths; `activation` between them, `final_activation` after the last.
 
   Works on one example [D] or a batch [..., D]. With `dropout` > 0 each hidden activation is dropped
-  at that rate when train=True (inverted dropout; the "dropout" PRNG stream).
+  at that rate when train=True (inverted dropout; the "dropout" PRNG stream). `first` and `rest` split it
+  after the first layer's pre-activation (for the factored contractive penalty).
   """
   features: Sequence[int]
   activation: str = "relu"
@@ -35,16 +36,31 @@ class MLP(nn.Module):
   negative_slope: float = 0.01
   dropout: float = 0.0
 
-  @nn.compact
+  def setup(self):
+    self.dense = [nn.Dense(width) for width in self.features]  # parameters dense_0, dense_1, ...
+    self.drop = nn.Dropout(self.dropout)
+
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.rest(self.first(x), train=train)
+
+  def first(self, x: jax.Array) -> jax.Array:
+    """x [..., D] -> the first layer's pre-activation x W1 + b1."""
+    return self.dense[0](x)
+
+  def first_kernel(self) -> jax.Array:
+    """W1 [D, H1], the first layer's kernel."""
+    return self.dense[0].variables["params"]["kernel"]
+
+  def rest(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+    """The first layer's pre-activation -> the output: every activation and layer after it."""
     hidden = activation_fn(self.activation, negative_slope=self.negative_slope)
-    for i, width in enumerate(self.features):
-      x = nn.Dense(width, name=f"dense_{i}")(x)
-      if i < len(self.features) - 1:
-        x = hidden(x)
+    for i, layer in enumerate(self.dense):
+      z = layer(z) if i else z
+      if i < len(self.dense) - 1:
+        z = hidden(z)
         if self.dropout:
-          x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return activation_fn(self.final_activation, negative_slope=self.negative_slope)(x)
+          z = self.drop(z, deterministic=not train)
+    return activation_fn(self.final_activation, negative_slope=self.negative_slope)(z)
 
 
 class DenseAE(nn.Module):
@@ -87,6 +103,16 @@ class DenseAE(nn.Module):
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., D] -> code [..., K]."""
     return self.encoder(x)
+
+  # The encoder split after its first layer's pre-activation z1 = x W1 + b1 (the factored exact penalty).
+  def encode_first(self, x: jax.Array) -> jax.Array:
+    return self.encoder.first(x)
+
+  def encode_rest(self, z1: jax.Array) -> jax.Array:
+    return self.encoder.rest(z1)
+
+  def first_kernel(self) -> jax.Array:
+    return self.encoder.first_kernel()
 
   def decode(self, h: jax.Array) -> jax.Array:
     """code [..., K] -> reconstruction [..., D], output activation applied."""

@@ -52,10 +52,21 @@ class TiedAE(nn.Module):
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., D] -> code [..., K]."""
+    return self.encode_rest(self.encode_first(x))
+
+  # The encoder split after its first layer's pre-activation z1 = x W1 + b1 (the factored exact penalty).
+  def encode_first(self, x: jax.Array) -> jax.Array:
+    return x @ self.kernels[0] + self.biases[0]
+
+  def encode_rest(self, z1: jax.Array) -> jax.Array:
     act = activation_fn(self.activation)
-    for kernel, bias in zip(self.kernels, self.biases):
-      x = act(x @ kernel + bias)
-    return x
+    h = act(z1)
+    for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
+      h = act(h @ kernel + bias)
+    return h
+
+  def first_kernel(self) -> jax.Array:
+    return self.kernels[0]
 
   def _decode_pre(self, h: jax.Array) -> jax.Array:
     act = activation_fn(self.activation)

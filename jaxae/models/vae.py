@@ -53,6 +53,16 @@ class VAE(nn.Module):
     """x: [..., D] -> mu [..., L], the deterministic code (what Jacobians and probes use)."""
     return self.posterior(x)[0]
 
+  # The encoder (to mu) split after its first layer's pre-activation (the factored exact penalty).
+  def encode_first(self, x: jax.Array) -> jax.Array:
+    return self.trunk.first(x)
+
+  def encode_rest(self, z1: jax.Array) -> jax.Array:
+    return self.mu_head(self.trunk.rest(z1))
+
+  def first_kernel(self) -> jax.Array:
+    return self.trunk.first_kernel()
+
   def decoder_logits(self, z: jax.Array) -> jax.Array:
     """z: [..., L] -> decoder pre-activation [..., D] (Bernoulli logits for a sigmoid output)."""
     return self.decoder(z)
