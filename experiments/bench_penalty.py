@@ -2,12 +2,13 @@
 mode stops beating reverse mode.
 
   python -m experiments.bench_penalty [--nets=tied,deep,conv] [--batches=10,128] [--crossover] \
-      [--skip=conv:jacfwd]
+      [--skip=conv:jacfwd] [--json=PATH]
 
 Prints Markdown tables: compile time apart, then the median of repeated steps (block_until_ready),
 float32, with the device named. A step is one Adam update of squared error + 0.1 * penalty.
 """
 
+import json
 import math
 import time
 
@@ -25,6 +26,8 @@ flags.DEFINE_list("skip", [], "NET:MODE pairs not to time, e.g. conv:jacfwd (D t
                   "activation: four steps took over 10 minutes on the 2-core CPU).")
 flags.DEFINE_bool("crossover", True, "Also time jacfwd against jacrev for one sigmoid layer of growing width.")
 flags.DEFINE_float("seconds", 2.0, "Time budget per measurement (repeats = budget / first step, 3 to 50).")
+flags.DEFINE_string("json", "", "Also write one JSON record per timed step to this file: "
+                    '{"encoder", "batch", "mode", "ms", "x_plain", "compile_s"}.')
 FLAGS = flags.FLAGS
 
 # Net -> (label, the config whose model and data shape it times, the model's fields changed for the bench).
@@ -57,7 +60,9 @@ def modes(one_layer: bool, examples_per_pass: int = 0):
   rows = [("no penalty", {"squared_error": 1.0}, {})]
   if one_layer:
     rows.append(("closed form", *c(mode="closed_form")))
-  rows += [("jacfwd", *c(mode="jacfwd")), ("jacrev", *c(mode="jacrev")), ("auto", *c(mode="auto"))]
+  rows += [("jacfwd", *c(mode="jacfwd")), ("jacrev", *c(mode="jacrev"))]
+  rows += [("factored", {"squared_error": 1.0, "contractive": 0.1}, {"contractive": {"mode": "factored"}}),
+           ("auto", *c(mode="auto"))]
   rows += [(f"projections k={k}", *c(mode="projections", num_projections=k)) for k in (1, 4, 16)]
   if not examples_per_pass:  # CAE+H holds 5 Jacobians per example at once
     rows.append(("CAE+H (auto, 4 copies)", {"squared_error": 1.0, "contractive": 0.1, "contractive_h": 0.1},
@@ -86,7 +91,7 @@ def time_step(model, weights, options, batch: int, d: int) -> tuple[float, float
   return compile_s, float(np.median(times))
 
 
-def penalty_table():
+def penalty_table(records: list):
   print("| encoder | batch | penalty | compile s | ms / step | x plain step |")
   print("|---|---|---|---|---|---|")
   for name in FLAGS.nets:
@@ -104,6 +109,8 @@ def penalty_table():
         base = base or step_s
         print(f"| {label} | {batch} | {mode} | {compile_s:.2f} | {1e3 * step_s:.2f} | {step_s / base:.1f} |",
               flush=True)
+        records.append({"encoder": label, "batch": batch, "mode": mode, "ms": round(1e3 * step_s, 3),
+                        "x_plain": round(step_s / base, 3), "compile_s": round(compile_s, 2)})
 
 
 def crossover_table():
@@ -122,7 +129,11 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   print(f"device: {jax.devices()[0].device_kind} ({jax.devices()[0].platform}), jax {jax.__version__}\n")
-  penalty_table()
+  records = []
+  penalty_table(records)
+  if FLAGS.json:
+    with open(FLAGS.json, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
   if FLAGS.crossover:
     crossover_table()
 

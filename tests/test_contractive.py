@@ -98,6 +98,10 @@ def test_factored_equals_jacfwd_jacrev_and_finite_differences(x64, key, name):
   np.testing.assert_allclose(got, losses.jacobian_sq_norm(inp.encode, inp.x_in, mode="jacrev"), rtol=1e-12)
   np.testing.assert_allclose(got, _fd_sq_norm(inp.encode, inp.x_in), rtol=1e-6)
   assert got.dtype == jnp.float64
+  for inner_mode in ("jacfwd", "jacrev"):
+    np.testing.assert_allclose(losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel,
+                                                                inner_mode=inner_mode, batch_mean=True),
+                               jnp.mean(fwd), rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["tied sigmoid", "deep tanh", "overcomplete first layer", "conv"])
