@@ -4,8 +4,11 @@ r"""Comparison tables as Markdown, read from finished workdirs; the README's tab
   python -m experiments.compare --probe runs/s1,runs/s5,...             # linear probe of each encoder's codes
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
+  python -m experiments.compare --sweep runs/cae_sweep [--metric test/loss] [--json PATH]  # mean, 95% t per setting
+  python -m experiments.compare --paired runs/cae/base --paired runs/dae/base [--metric test/loss]  # A - B, same seeds
 
-Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir.
+Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir; --json
+writes the rows of --sweep and --paired.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,8 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.configs.rifai import GRID, PAPER_TEST_ERROR
-from jaxae import analysis, figures
+from jaxae import analysis, figures, stats, sweep
+from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 
 FLAGS = flags.FLAGS
@@ -30,6 +35,11 @@ flags.DEFINE_list("probe", [], "Workdirs whose encoders get a linear probe.")
 flags.DEFINE_list("pca", [], "Workdirs of dense AEs with a linear code, compared with PCA of the same size.")
 flags.DEFINE_list("anomaly", [], "Workdirs trained on digits 0-8 (experiments/configs/anomaly.py).")
 flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly saves its figure.")
+flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
+flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
+                          "the mean difference A - B over the seeds both finished, with its paired t-interval.")
+flags.DEFINE_string("metric", "", "--sweep and --paired: this metric of the final record only (e.g. test/loss).")
+flags.DEFINE_string("json", "", "--sweep and --paired: also write their rows to this JSON file.")
 
 NOISE_STD = 0.1  # the "noisy" anomalies: normal test digits plus N(0, 0.1^2) per pixel, clipped to [0, 1]
 
@@ -142,10 +152,102 @@ def anomaly_table(workdirs: list[str], out_dir: str) -> str:
                     "AUROC: rotated"], rows) + f"\n\nHistograms: {path}")
 
 
+NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
+
+
+def _metric_names(records: list[dict], metric: str) -> list[str]:
+  names = list(dict.fromkeys(k for r in records for k in r if k not in NOT_METRICS))
+  if metric and metric not in names:
+    raise UserError(f"No metric {metric!r} in the final records; they hold {', '.join(names)}.")
+  return [metric] if metric else names
+
+
+def sweep_rows(root: str, metric: str = "") -> tuple[list[dict], list[str]]:
+  """Per setting of the sweep in `root` and per metric of its final records (or `metric` only): the
+  mean over seeds, its 95% t-interval and n. Returns (rows, the runs left out as not finished)."""
+  spec, runs, missing = sweep.read_runs(root)
+  records = [r for by_seed in runs.values() for r in by_seed.values()]
+  if not records:
+    raise UserError(f"No run of the sweep in {root!r} has reached epoch {spec['config']['epochs']} yet.")
+  names = _metric_names(records, metric)
+  rows = []
+  for setting in spec["settings"]:
+    by_seed = runs[setting["name"]]
+    for name in names:
+      seeds = [s for s, r in by_seed.items() if name in r]
+      if seeds:
+        iv = stats.t_interval([by_seed[s][name] for s in seeds])
+        rows.append({"setting": setting["name"], "values": setting["values"], "metric": name, "seeds": seeds,
+                     **_interval(iv)})
+  return rows, missing
+
+
+def _interval(iv: stats.Interval) -> dict:
+  """An interval's fields for a row; NaN (one seed gives no interval) as None, which JSON can hold."""
+  return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in iv._asdict().items()}
+
+
+def _g(x: float | None) -> str:
+  return "-" if x is None else f"{x:.4g}"
+
+
+def sweep_table(rows: list[dict], missing: list[str]) -> str:
+  """The rows of `sweep_rows` as Markdown, grouped by metric."""
+  order = {m: i for i, m in enumerate(dict.fromkeys(r["metric"] for r in rows))}
+  rows = sorted(rows, key=lambda r: order[r["metric"]])  # stable: the settings stay in the sweep's order
+  table = markdown(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
+                   [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
+                     f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
+  return table + (f"\n\nNot finished, left out: {', '.join(missing)}." if missing else "")
+
+
+def paired_rows(setting_a: str, setting_b: str, metric: str = "") -> list[dict]:
+  """Setting A against setting B (folders ROOT/<setting> of one sweep or two) over the seeds both finished:
+  per metric, the means of A and B ("mean_a", "mean_b") and of A - B ("mean") with its paired 95% t-interval."""
+  runs = []
+  for folder in (setting_a, setting_b):
+    folder = folder.rstrip("/")
+    _, by_setting, _ = sweep.read_runs(os.path.dirname(folder))
+    if os.path.basename(folder) not in by_setting:
+      raise UserError(f"{folder!r} is not a setting of the sweep in {os.path.dirname(folder)!r}; its settings: "
+                      f"{', '.join(by_setting)}.")
+    runs.append(by_setting[os.path.basename(folder)])
+  seeds = sorted(set(runs[0]) & set(runs[1]))
+  if not seeds:
+    raise UserError(f"{setting_a!r} and {setting_b!r} have no finished seed in common.")
+  a, b = ([r[s] for s in seeds] for r in runs)
+  rows = []
+  for name in _metric_names(a + b, metric):
+    if all(name in r for r in a + b):
+      va, vb = [r[name] for r in a], [r[name] for r in b]
+      iv = stats.paired_difference(va, vb)
+      rows.append({"a": setting_a, "b": setting_b, "metric": name, "seeds": seeds, "mean_a": float(np.mean(va)),
+                   "mean_b": float(np.mean(vb)), **_interval(iv)})
+  return rows
+
+
+def paired_table(rows: list[dict]) -> str:
+  return (f"A = {rows[0]['a']}, B = {rows[0]['b']}, seeds {rows[0]['seeds']}\n\n"
+          + markdown(["metric", "n", "mean A", "mean B", "mean of A - B", "95% interval of A - B (paired t)"],
+                     [[r["metric"], r["n"], _g(r["mean_a"]), _g(r["mean_b"]), _g(r["mean"]),
+                       f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows]))
+
+
 def main(argv):
   del argv
-  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly):
-    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly.")
+  try:
+    print_tables()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def print_tables() -> None:
+  """Prints the tables the flags ask for (and writes --json)."""
+  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sweep or FLAGS.paired):
+    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sweep, --paired.")
+  if FLAGS.paired and len(FLAGS.paired) != 2:
+    raise app.UsageError("Give --paired twice: --paired ROOT_A/SETTING_A --paired ROOT_B/SETTING_B.")
   if FLAGS.rifai:
     print(rifai_tables(FLAGS.rifai), end="\n\n")
   if FLAGS.probe:
@@ -154,6 +256,16 @@ def main(argv):
     print(pca_table(FLAGS.pca), end="\n\n")
   if FLAGS.anomaly:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
+  out = {}
+  if FLAGS.sweep:
+    out["sweep"], missing = sweep_rows(FLAGS.sweep, FLAGS.metric)
+    print(sweep_table(out["sweep"], missing), end="\n\n")
+  if FLAGS.paired:
+    out["paired"] = paired_rows(*FLAGS.paired, metric=FLAGS.metric)
+    print(paired_table(out["paired"]), end="\n\n")
+  if FLAGS.json and out:
+    with open(FLAGS.json, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""Seeds and grids as data: settings from grid specs, one config and workdir per (setting, seed), the
+sweep's record (ROOT/sweep.json) and its finished runs, and `run_sweep`, which trains them (resuming).
+
+The command is experiments/sweep.py; experiments/compare.py --sweep reads the results back.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import itertools
+import json
+import os
+import time
+
+import ml_collections
+from absl import flags
+from ml_collections.config_flags import config_path, tuple_parser
+
+from jaxae import checkpoint, metrics, run, train
+from jaxae.errors import UserError
+
+SWEEP_FILE = "sweep.json"
+BASE = "base"  # the one setting of a sweep without --grid
+# What --config.FIELD=VALUE parses a value of each type with (ml_collections.config_flags); other types
+# are Python literals, else strings.
+PARSERS = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser(),
+           str: flags.ArgumentParser(), tuple: tuple_parser.TupleParser()}
+
+
+def split_values(text: str) -> list[str]:
+  """"0.1,(32,3),x" -> ["0.1", "(32,3)", "x"]: the commas outside brackets separate values."""
+  values, depth, start = [], 0, 0
+  for i, ch in enumerate(text):
+    depth += (ch in "([{") - (ch in ")]}")
+    if ch == "," and depth == 0:
+      values.append(text[start:i])
+      start = i + 1
+  return [v.strip() for v in values + [text[start:]]]
+
+
+def parse_value(text: str, field: str, config: ml_collections.ConfigDict):
+  """One grid value, parsed by the type of config.<field> as --config.<field>=<text> would be."""
+  kind = config_path.get_type(field, config)
+  try:
+    if kind in PARSERS:
+      return PARSERS[kind].parse(text)
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    if kind not in PARSERS:
+      return text
+    raise UserError(f"--grid {field}: {text!r} is not of the field's type, {kind.__name__} ({e}).") from e
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"a": {"b": 1}} -> {"a.b": 1}: the leaves of a nested dict by their dotted paths."""
+  flat = {}
+  for k, v in tree.items():
+    flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return flat
+
+
+def parse_grid(specs: list[str], config: ml_collections.ConfigDict) -> dict[str, list]:
+  """["loss.contractive=0.1,1", ...] -> {"loss.contractive": [0.1, 1.0], ...}; UserError for a field the
+  config does not have (with the closest ones), a field given twice, or a value of the wrong type."""
+  grid = {}
+  for spec in specs:
+    field, sep, text = spec.partition("=")
+    field = field.strip()
+    if not sep or not field or not text.strip():
+      raise UserError(f"--grid {spec!r} is not FIELD=V1,V2,...; e.g. --grid loss.contractive=0.01,0.1.")
+    try:
+      config_path.get_value(field, config)
+    except (AttributeError, KeyError, IndexError, TypeError):
+      close = difflib.get_close_matches(field, list(flatten(config.to_dict())), n=3)
+      raise UserError(f"unknown config field {field!r} in --grid" + (f"; did you mean {' or '.join(close)}?" if close
+                      else ".") + " Grid fields must exist in the config (nested with dots, e.g. "
+                      "optimizer.learning_rate).") from None
+    if field in grid:
+      raise UserError(f"--grid names {field!r} twice; give all its values in one --grid {field}=V1,V2,...")
+    grid[field] = [parse_value(v, field, config) for v in split_values(text)]
+  return grid
+
+
+def parse_seeds(n: int, seed_list: list[str]) -> list[int]:
+  """0..n-1, or the integers of `seed_list` when given (each once)."""
+  try:
+    seeds = [int(s) for s in seed_list] if seed_list else list(range(n))
+  except ValueError:
+    raise UserError(f"--seed_list takes integers, e.g. --seed_list=3,4,5; got {','.join(seed_list)}.") from None
+  if len(set(seeds)) < len(seeds):
+    raise UserError(f"--seed_list names a seed twice: {','.join(seed_list)}.")
+  return seeds
+
+
+def format_value(value) -> str:
+  """A value as it reads in a folder name: 0.1, 1e-05, adam, (32,3); a "/" becomes "_"."""
+  text = repr(value) if isinstance(value, float) else str(value)
+  return text.replace(" ", "").replace("'", "").replace("/", "_")
+
+
+def settings(grid: dict[str, list]) -> list[tuple[str, dict]]:
+  """The product of the grid's values, in order: [(name, {field: value})]; name "f1=v1,f2=v2" ("base" for
+  an empty grid), unique."""
+  out = []
+  for values in itertools.product(*grid.values()):
+    overrides = dict(zip(grid, values))
+    out.append((",".join(f"{f}={format_value(v)}" for f, v in overrides.items()) or BASE, overrides))
+  names = [n for n, _ in out]
+  if len(set(names)) < len(names):
+    dup = next(n for n in names if names.count(n) > 1)
+    raise UserError(f"Two grid values give the same folder name {dup!r}; give each value once.")
+  return out
+
+
+def run_config(base: ml_collections.ConfigDict, overrides: dict, seed: int) -> ml_collections.ConfigDict:
+  """`base` with the setting's fields and config.seed set (a copy; `base` is unchanged)."""
+  config = base.copy_and_resolve_references()
+  with config.unlocked():
+    config.update_from_flattened_dict({**overrides, "seed": seed})
+  return config
+
+
+def workdir_of(root: str, setting: str, seed: int) -> str:
+  return os.path.join(root, setting, f"seed={seed}")
+
+
+def record_at(workdir: str, epoch: int) -> dict | None:
+  """The metrics record of `epoch` in `workdir`, or None (no metrics, or not that far yet)."""
+  if not os.path.exists(os.path.join(workdir, metrics.METRICS_FILE)):
+    return None
+  return next((r for r in metrics.read_metrics(workdir) if r["epoch"] == epoch), None)
+
+
+def final_record(workdir: str, epochs: int) -> dict | None:
+  """The record of epoch `epochs` of a finished run (its checkpoint of that step, or a later one, saved),
+  else None."""
+  record = record_at(workdir, epochs)
+  ckpts = os.path.join(workdir, "checkpoints")
+  saved = [int(n) for n in os.listdir(ckpts) if n.isdigit()] if os.path.isdir(ckpts) else []
+  return record if record is not None and max(saved, default=-1) >= record["step"] else None
+
+
+def read_spec(root: str) -> dict | None:
+  """ROOT/sweep.json, or None when there is none."""
+  path = os.path.join(root, SWEEP_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def merged_spec(old: dict | None, grid: dict[str, list], seeds: list[int], base: ml_collections.ConfigDict) -> dict:
+  """What ROOT/sweep.json records after this sweep: the base config, the grid and seeds, and the settings
+  (folder name and values) of this sweep and the earlier ones in the same root (grid values and seeds are
+  added up, so a sweep can be extended). UserError when the earlier sweeps had another base config (beyond
+  the fields a run may change when resumed, such as epochs)."""
+  spec = json.loads(json.dumps({"grid": grid, "seeds": seeds, "settings": [{"name": n, "values": v} for n, v
+                                                                           in settings(grid)],
+                                "config": json.loads(base.to_json_best_effort())}, default=str))  # tuples -> lists
+  if old is None:
+    return spec
+  before, now = flatten(old["config"]), flatten(spec["config"])
+  changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+             if k != "seed" and k not in checkpoint.RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+  if changed:
+    raise UserError(f"The sweep in this --root has another base config ({'; '.join(changed)}). Use another --root, "
+                    "or the same --config and overrides.")
+  known = {s["name"] for s in old["settings"]}
+  spec["settings"] = old["settings"] + [s for s in spec["settings"] if s["name"] not in known]
+  spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
+  for field, values in old["grid"].items():
+    spec["grid"][field] = values + [v for v in spec["grid"].get(field, []) if v not in values]
+  return spec
+
+
+def write_spec(root: str, spec: dict) -> None:
+  """Writes ROOT/sweep.json atomically."""
+  path = os.path.join(root, SWEEP_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(spec, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def summary(record: dict, metric: str = "test/loss") -> str:
+  return f"{metric} {record[metric]:.4g}" if metric in record else ""
+
+
+def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: list[int], root: str, *,
+              log=print) -> int:
+  """Trains every (setting, seed) of the grid into its workdir under `root`; returns how many runs failed.
+
+  Every run is checked first (its fields, its workdir, no other config's run in it), so a bad value ends
+  the sweep before any training. A run that diverges is reported and the sweep goes on; SIGTERM
+  (train.Preempted) ends it, resumable.
+  """
+  jobs = [(name, seed, run_config(base, overrides, seed)) for name, overrides in settings(grid) for seed in seeds]
+  spec = merged_spec(read_spec(root), grid, seeds, base)
+  for name, seed, config in jobs:
+    train.check_run(config, workdir_of(root, name, seed))
+  write_spec(root, spec)
+  failed, parts, parts_of = 0, None, None
+  for i, (name, seed, config) in enumerate(jobs, 1):
+    workdir, head = workdir_of(root, name, seed), f"[{i}/{len(jobs)}] {name} seed={seed}"
+    record = final_record(workdir, config.epochs)
+    if record is not None:
+      log(f"{head}: skipped (finished), {summary(record)}")
+      continue
+    if parts_of != name:  # one setting's components serve all its seeds (no seed in them)
+      parts, parts_of = run.Components.from_config(config), name  # data.load keeps the data: read once
+    t0 = time.perf_counter()
+    try:
+      train.train_and_evaluate(config, workdir, parts=parts)
+    except FloatingPointError as e:
+      failed += 1
+      log(f"{head}: failed after {time.perf_counter() - t0:.0f} s: {e}")
+      continue
+    log(f"{head}: done in {time.perf_counter() - t0:.0f} s, {summary(metrics.read_metrics(workdir)[-1])}")
+  return failed
+
+
+def read_runs(root: str) -> tuple[dict, dict[str, dict[int, dict]], list[str]]:
+  """A sweep's record and results: (sweep.json, {setting: {seed: record of epoch config.epochs}}, the runs
+  without that record as "setting seed=k"). Read from the metrics alone (checkpoints may be deleted)."""
+  spec = read_spec(root)
+  if spec is None:
+    raise UserError(f"{root!r} holds no sweep ({SWEEP_FILE}); run experiments.sweep with --root={root} first.")
+  epochs, runs, missing = spec["config"]["epochs"], {}, []
+  for setting in spec["settings"]:
+    runs[setting["name"]] = {}
+    for seed in spec["seeds"]:
+      record = record_at(workdir_of(root, setting["name"], seed), epochs)
+      if record is None:
+        missing.append(f"{setting['name']} seed={seed}")
+      else:
+        runs[setting["name"]][seed] = record
+  return spec, runs, missing
