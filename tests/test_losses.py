@@ -45,6 +45,43 @@ def test_bce_with_logits_stable_for_large_logits(key):
   np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
+def _bce_reference(l, t):
+  """Value and d/dl of the cross-entropy in extended precision (np.longdouble, 64-bit mantissa on x86)."""
+  l, t = np.asarray(l, np.longdouble), np.asarray(t, np.longdouble)
+  e = np.exp(-np.abs(l))
+  value = np.maximum(l, 0) - t * l + np.log1p(e)
+  grad = np.where(l >= 0, (1 - t) - e / (1 + e), e / (1 + e) - t)  # sigmoid(l) - t without cancelling 1 - 1
+  return value, grad
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_sigmoid_bce_exact_at_any_logit(key, x64, dtype):
+  fixed = np.array([-1e4, -1e4, -30.0, -1.0, 0.0, 0.0, 0.0, 1e-7, 1.0, 30.0, 30.0, 1e4, 1e4])
+  targets = np.array([0.0, 1.0, 0.3, 1.0, 0.0, 0.5, 1.0, 0.2, 0.7, 1.0, 0.0, 1.0, 0.9])
+  k1, k2 = jax.random.split(key)
+  l = jnp.asarray(np.concatenate([fixed, 8 * np.asarray(jax.random.normal(k1, (50,)))]), dtype)
+  x = jnp.asarray(np.concatenate([targets, np.asarray(jax.random.uniform(k2, (50,)))]), dtype)
+  value, grad = _bce_reference(l, x)
+  got_grad_l, got_grad_x = jax.vmap(jax.grad(losses.sigmoid_bce, argnums=(0, 1)))(l, x)
+  eps = float(jnp.finfo(dtype).eps)
+  # The value's terms are of size |l|: rounding errors of a few eps times that. The gradient keeps its relative
+  # digits where the target is 0 or 1 (then sigmoid(l) - x is sigmoid(+-l) itself, however small).
+  value_err = np.abs(np.asarray(losses.sigmoid_bce(l, x), np.longdouble) - value)
+  assert np.all(value_err <= 4 * eps * (np.abs(np.asarray(l)) + value + 1)), value_err.max()
+  binary = (np.asarray(x) == 0) | (np.asarray(x) == 1)
+  grad_err = np.abs(np.asarray(got_grad_l, np.longdouble) - grad)
+  assert np.all(grad_err <= 4 * eps * (np.abs(grad) + ~binary) + float(jnp.finfo(dtype).tiny)), grad_err.max()
+  np.testing.assert_allclose(got_grad_x, -np.asarray(l), rtol=0)
+  _, tangent = jax.jvp(losses.sigmoid_bce, (l, x), (jnp.ones_like(l), jnp.zeros_like(x)))  # forward mode agrees
+  np.testing.assert_allclose(tangent, got_grad_l, rtol=0)
+
+
+def test_sigmoid_bce_second_derivatives(x64, key):
+  l = 3 * jax.random.normal(key, (6,), jnp.float64)
+  x = jax.random.uniform(jax.random.fold_in(key, 1), (6,), jnp.float64)
+  check_grads(lambda a, b: jnp.sum(losses.sigmoid_bce(a, b)), (l, x), order=2, modes=("fwd", "rev"))
+
+
 def test_gradients_match_finite_differences(key):
   logits, x = _inputs(key, (3, 5))
   check_grads(lambda l: jnp.sum(losses.bce_with_logits(l, x)), (logits,), order=1, modes=("rev",),
