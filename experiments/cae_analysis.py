@@ -21,6 +21,8 @@ from jaxae.run import TrainedRun
 flags.DEFINE_string("runs", None, "LABEL:WORKDIR pairs, comma-separated.", required=True)
 flags.DEFINE_string("out", "", "Folder for the two figures (default: the last run's figures/).")
 flags.DEFINE_integer("points", 500, "Test points for the spectra and the contraction ratios.")
+flags.DEFINE_integer("tangents", 8, "Leading Jacobian directions drawn per model at one test image (0: none).")
+flags.DEFINE_integer("tangent_index", 0, "Which test image the directions are taken at.")
 FLAGS = flags.FLAGS
 RADII = np.geomspace(0.05, 30.0, 16)
 
@@ -33,7 +35,10 @@ def analyse(workdir: str, points: int) -> dict:
     return {"spectrum": sv.mean(0),
             "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
             "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
-            "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1)))}
+            "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1))),
+            "tangents": (np.asarray(run.data.images(x[FLAGS.tangent_index:FLAGS.tangent_index + 1]))[0],
+                         *analysis.jacobian_tangents(encode, x[FLAGS.tangent_index], num=FLAGS.tangents)[::-1]),
+            "image_shape": run.data.image_shape, "value_range": run.data.value_range}
 
 
 def main(argv):
@@ -43,9 +48,14 @@ def main(argv):
   results = {label: analyse(workdir, FLAGS.points) for label, workdir in tqdm(runs.items(), desc="runs")}
   out = FLAGS.out or os.path.join(list(runs.values())[-1], "figures")
   os.makedirs(out, exist_ok=True)
-  for name, fig in (("jacobian_spectra.png", figures.spectra({k: r["spectrum"] for k, r in results.items()})),
-                    ("contraction_ratios.png",
-                     figures.contraction_curves(RADII, {k: r["ratios"] for k, r in results.items()}))):
+  made = {"jacobian_spectra.png": figures.spectra({k: r["spectrum"] for k, r in results.items()}),
+          "contraction_ratios.png": figures.contraction_curves(RADII, {k: r["ratios"] for k, r in results.items()})}
+  if FLAGS.tangents:
+    last = list(results.values())[-1]
+    made["tangents.png"] = figures.tangents(
+        {k: r["tangents"] for k, r in results.items()}, shape=last["image_shape"], value_range=last["value_range"],
+        title=f"Test image {FLAGS.tangent_index} and the leading right singular vectors of dh/dx")
+  for name, fig in made.items():
     fig.savefig(os.path.join(out, name), dpi=110)
     print(os.path.join(out, name))
   print(f"\n| model | mean \\|\\|J\\|\\|_F, test set | singular values above 1% of the largest (mean) | "

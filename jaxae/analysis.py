@@ -36,6 +36,26 @@ def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int 
   return jnp.concatenate([svals(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
+def jacobian_tangents(encode: Callable, x: jax.Array, *, num: int = 8) -> tuple[np.ndarray, np.ndarray]:
+  """The directions the encoder stays sensitive to at one point: the leading right singular vectors of the
+  exact Jacobian dh/dx (Rifai et al. 2011, "The manifold tangent classifier", fig. 1).
+
+  Args:
+    encode: one example [D] -> code [K].
+    x: [D] one point.
+    num: how many directions.
+
+  Returns:
+    (singular values [min(K, D)] largest first, directions [num, D] (unit norm, sign fixed so that each one's
+    largest entry is positive)), in float64 on the host.
+  """
+  jac = np.asarray(losses.jacobian(encode, x[None]), np.float64).reshape(-1, x.size)
+  _, svals, vt = np.linalg.svd(jac, full_matrices=False)
+  vt = vt[:num]
+  signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+  return svals, vt * signs[:, None]
+
+
 def jacobian_frobenius_norm(encode: Callable, x: jax.Array, *, batch_size: int = 50) -> jax.Array:
   """||dh/dx||_F at each point: [N], exact (jacfwd or jacrev, the cheaper).
 

@@ -162,6 +162,40 @@ def image_grid(images: np.ndarray, *, cols: int, shape: Sequence[int], value_ran
   return fig
 
 
+def tangents(rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, shape: Sequence[int],
+             value_range: tuple[float, float] = (0.0, 1.0), title: str = ""):
+  """One row per model: the input image, then its leading Jacobian directions (signed, red positive, blue
+  negative, each scaled to its own largest |entry|) titled with their singular values.
+
+  Args:
+    rows: label -> (image [D], directions [n, D], singular values [>= n]).
+    shape: (H, W[, C]) of one image; directions of colour images are drawn as their channel mean.
+  """
+  n = max(len(d) for _, d, _ in rows.values())
+  fig, axes = plt.subplots(len(rows), n + 1, figsize=(1.05 * (n + 1) + 0.6, 1.25 * len(rows) + 0.3),
+                           squeeze=False)
+  for r, (label, (image, directions, svals)) in enumerate(rows.items()):
+    _imshow(axes[r, 0], image, shape, value_range)
+    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
+    for i in range(n):
+      ax = axes[r, i + 1]
+      if i < len(directions):
+        d = np.asarray(directions[i], np.float64).reshape(shape)
+        d = d.mean(-1) if d.ndim == 3 else d
+        bound = float(np.abs(d).max()) or 1.0
+        ax.imshow(d, cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_title(f"s={svals[i]:.3g}", fontsize=7, pad=2)
+      else:
+        ax.axis("off")
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(pad=0.3, w_pad=0.1, h_pad=0.3, rect=(0, 0, 1, 0.95 if title else 1))
+  return fig
+
+
 def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation of each code unit (test set)"):
   """Bars of each code unit's mean activation [K], sorted, largest first: how sparse the code got."""
   values = np.sort(np.asarray(mean_activation))[::-1]

@@ -125,6 +125,22 @@ def test_reconstruction_scores_are_the_per_example_loss(key):
                              np.sum((np.asarray(out["recon"]) - np.asarray(x)) ** 2, 1), rtol=1e-6)
 
 
+def test_tangents_are_the_right_singular_vectors(x64, key):
+  # A nonlinear encoder tanh(A x + b): J = diag(1 - h^2) A, its SVD in closed form at the point.
+  a = jax.random.normal(key, (5, 12), jnp.float64)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (5,), jnp.float64)
+  x = jax.random.uniform(jax.random.fold_in(key, 2), (12,), jnp.float64)
+  encode = lambda v: jnp.tanh(a @ v + b)
+  svals, directions = analysis.jacobian_tangents(encode, x, num=3)
+  jac = (1 - np.tanh(np.asarray(a) @ np.asarray(x) + np.asarray(b)) ** 2)[:, None] * np.asarray(a)
+  _, ref_s, ref_vt = np.linalg.svd(jac)
+  np.testing.assert_allclose(svals, ref_s, rtol=1e-12)
+  chex.assert_shape(directions, (3, 12))
+  np.testing.assert_allclose(np.abs(np.sum(directions * ref_vt[:3], axis=1)), 1.0, rtol=1e-12)  # same up to sign
+  np.testing.assert_allclose(np.linalg.norm(jac @ directions.T, axis=0), ref_s[:3], rtol=1e-12)
+  assert np.all(directions[np.arange(3), np.argmax(np.abs(directions), axis=1)] > 0)
+
+
 def test_neg_elbo_scores_average_to_the_vae_loss(key, x64):
   # -ELBO = E_q[-log p(x|z)] + KL(q || p): the scores estimate the KL by sampling, the VAE loss has it in
   # closed form; with many samples both agree.

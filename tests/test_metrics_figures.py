@@ -55,3 +55,13 @@ def test_loss_curves_show_every_logged_term():
   single = figures.loss_curves([{k: v for k, v in r.items() if "/bce" not in k and "/contractive" not in k}
                                 for r in records])
   assert len(single.axes) == 1  # one term: the loss alone
+
+
+def test_tangent_figure_has_a_row_per_model():
+  rng = np.random.default_rng(0)
+  rows = {name: (rng.uniform(size=784), rng.normal(size=(n, 784)), np.sort(rng.uniform(size=10))[::-1])
+          for name, n in (("AE", 6), ("CAE", 4))}
+  fig = figures.tangents(rows, shape=(28, 28))
+  assert len(fig.axes) == 2 * 7
+  assert [ax.get_ylabel() for ax in fig.axes[::7]] == ["AE", "CAE"]
+  assert fig.axes[7 + 5].axison is False  # the CAE's row has 4 directions: the rest stay empty
