@@ -1,7 +1,7 @@
 """How fast each seed config trains, against the machine's own dense-matmul peak measured in the same run.
 
   python -m experiments.bench_train [--configs=undercomplete.py,keras.py:dense,...] [--steps=50] \
-      [--num_devices=0] [--profile]
+      [--num_devices=0] [--profile] [--overhead] [--json=PATH]
 
 For every config: the train chunk (its steps as one lax.scan, as in training) on random data of the
 config's batch size, in float32. Compile time apart; then the median of repeated chunks
@@ -41,6 +41,9 @@ flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul that measures 
 flags.DEFINE_list("image_shape", [], "H,W,C of the random images (default: the shape of the config's dataset, "
                   "read from its metadata).")
 flags.DEFINE_bool("profile", False, "Also trace one chunk per config with jax.profiler and print where its time goes.")
+flags.DEFINE_bool("overhead", False, "Also time S5's full epoch as a user runs it (train_and_evaluate: evaluation, "
+                  "metrics, progress bar, checkpoint) against the same step as a bare lax.scan, float32 and float64.")
+flags.DEFINE_string("json", "", "Also write one JSON record per line: each config's row, and the overhead records.")
 FLAGS = flags.FLAGS
 
 
@@ -149,6 +152,48 @@ def s5_matmuls_per_step(steps: int, repeats: int, d: int) -> float:
   return median_seconds(lambda: jax.block_until_ready(run(w, xs)), repeats) / steps
 
 
+def bare_s5_epoch(x: jax.Array, w: jax.Array, *, lr: float = 0.01, lam: float = 0.1, batch: int = 10):
+  """S5's epoch in plain jax.numpy: tied sigmoid layer, cross-entropy + lam * closed-form ||J||^2, SGD, batches
+  in order; the reference jaxae's trainer is held against."""
+  def loss(p, xb):
+    w, b, c = p
+    h = jax.nn.sigmoid(xb @ w + b)
+    z = h @ w.T + c
+    bce = jnp.sum(jnp.maximum(z, 0) - xb * z + jnp.log1p(jnp.exp(-jnp.abs(z))), axis=-1)
+    return jnp.mean(bce + lam * jnp.sum((h * (1 - h)) ** 2 * jnp.sum(w ** 2, axis=0), axis=-1))
+
+  def step(p, i):
+    g = jax.grad(loss)(p, jax.lax.dynamic_slice_in_dim(x, i * batch, batch))
+    return jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g), None
+  params = (w, jnp.zeros(w.shape[1], w.dtype), jnp.zeros(w.shape[0], w.dtype))
+  return jax.lax.scan(step, params, jnp.arange(x.shape[0] // batch))[0]
+
+
+def s5_overhead(dtype: str, repeats: int) -> dict:
+  """Seconds per epoch of S5 (cae_theano.py) as `train_and_evaluate` runs it, from the difference of a 3-epoch
+  and a 1-epoch run (start-up and compilation cancel), against the same epoch as a bare lax.scan (compile apart,
+  median of `repeats`). Random images of MNIST's shape; the test split is S5's 10,000 images."""
+  config = configs.load("cae_theano.py")
+  config.dtype = config.model.kwargs.param_dtype = dtype
+  with jax.enable_x64(dtype == "float64"):
+    dataset = data.synthetic(jax.random.PRNGKey(0), (28, 28, 1), n_train=50_000, n_test=10_000, dtype=dtype)
+  totals = {}
+  for epochs in (1, 3):
+    config.epochs = epochs
+    with tempfile.TemporaryDirectory() as workdir:
+      totals[epochs] = seconds(lambda: train.train_and_evaluate(config, workdir,
+                                                                parts=Components.from_config(config, dataset=dataset)))
+  epoch_s = (totals[3] - totals[1]) / 2
+  with jax.enable_x64(dtype == "float64"):
+    x = dataset.train.x
+    w = 0.01 * jax.random.normal(jax.random.PRNGKey(1), (x.shape[1], 500), x.dtype)
+    compiled = jax.jit(bare_s5_epoch).lower(x, w).compile()
+    jax.block_until_ready(compiled(x, w))
+    bare_s = median_seconds(lambda: jax.block_until_ready(compiled(x, w)), repeats)
+  return {"config": "cae_theano.py", "dtype": dtype, "epoch_s": round(epoch_s, 3), "bare_epoch_s": round(bare_s, 3),
+          "overhead": round(epoch_s / bare_s, 3)}
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -178,6 +223,16 @@ def main(argv):
     for spec, (kinds, ops) in profiles:
       print(f"- {spec}: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in kinds) + "; top: "
             + ", ".join(f"{name} {100 * share:.0f}%" for name, share in ops))
+  records = [{k: v for k, v in r.items() if k != "ops"} for r in results]
+  if FLAGS.overhead:
+    print("\n| S5 epoch (cae_theano.py) | train_and_evaluate s | bare lax.scan s | overhead |\n|---|---|---|---|")
+    for dtype in ("float32", "float64"):
+      r = s5_overhead(dtype, FLAGS.repeats)
+      records.append(r)
+      print(f"| {dtype} | {r['epoch_s']:.2f} | {r['bare_epoch_s']:.2f} | {r['overhead']:.2f} |", flush=True)
+  if FLAGS.json:
+    with open(FLAGS.json, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
   steps = 500
   for spec, per_step, d in rows:  # the target: S5's whole step within 2x of its three matmuls alone
     floor = s5_matmuls_per_step(steps, FLAGS.repeats, d)

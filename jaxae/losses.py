@@ -269,7 +269,8 @@ def _elementwise_jaxpr(jaxpr, shape) -> bool:
 
 
 def factored_jacobian_sq_norm(first, rest, x: jax.Array, *, kernel: jax.Array | None = None,
-                              inner_mode: str = "auto", batch_mean: bool = False) -> jax.Array:
+                              inner_mode: str = "auto", batch_mean: bool = False,
+                              z: jax.Array | None = None) -> jax.Array:
   """Exact ||dh/dx||_F^2 per example through the encoder's first affine layer (see the note above).
 
   Args:
@@ -281,13 +282,15 @@ def factored_jacobian_sq_norm(first, rest, x: jax.Array, *, kernel: jax.Array | 
     inner_mode: how M = d rest / d z1 is computed: "jacfwd", "jacrev" or "auto": jacrev when K < H1 (K
       reverse passes through `rest` against H1 forward ones; measured on S6's 256-256-64-32 rest inside a
       training gradient, batch 128: jacrev 16x a plain step, jacfwd 70x).
+    z: [B, *Z] first(x) when the caller has it already (the model's forward pass): reusing it makes the
+      gradient through the first layer one product for the loss and the penalty together.
     batch_mean: return the batch mean only, as tr(S G) with S = sum_b M_b^T M_b: one H1 x H1 product for the
       whole batch instead of one per example in the gradient (14x instead of 16x a plain step on S6).
 
   Returns:
     [B] ||dh/dx||_F^2 (a scalar, their mean, with batch_mean), equal to `jacobian_sq_norm` up to rounding.
   """
-  z = jax.vmap(first)(x)
+  z = jax.vmap(first)(x) if z is None else z
   if kernel is not None and is_elementwise(rest, z[0]):
     d = jax.vmap(lambda zi: jax.jvp(rest, (zi,), (jnp.ones_like(zi),))[1])(z)
     norms = jnp.sum(d.reshape(len(x), -1) ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)

@@ -189,7 +189,8 @@ def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int =
       raise UserError("contractive mode 'closed_form' holds for a one-layer encoder only (a dense layer and an "
                       "element-wise activation); this encoder has more after its first layer. Use mode 'auto' "
                       "(exact for any encoder, the closed form where it holds).")
-    return losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel, batch_mean=True)
+    return losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel, batch_mean=True,
+                                            z=inp.out.get("first_layer"))
   return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode, examples_per_pass=examples_per_pass))
 
 

@@ -95,7 +95,7 @@ def test_factored_equals_jacfwd_jacrev_and_finite_differences(x64, key, name):
   got = jax.jit(lambda x: losses.factored_jacobian_sq_norm(first, rest, x, kernel=kernel))(inp.x_in)
   fwd, rev = (jax.jit(lambda x, m=m: losses.jacobian_sq_norm(inp.encode, x, mode=m))(inp.x_in)
               for m in ("jacfwd", "jacrev"))
-  assert np.all(np.asarray(fwd) > 1e-3), fwd  # a Jacobian that is not all dead units
+  assert np.max(np.asarray(fwd)) > 1e-3, fwd  # Jacobians that are not all dead units
   np.testing.assert_allclose(got, fwd, rtol=1e-12)
   np.testing.assert_allclose(got, rev, rtol=1e-12)
   if name != "conv":  # the conv encoder's jacfwd is checked against finite differences in its own test below
@@ -112,7 +112,8 @@ def test_factored_parameter_gradient_equals_jacfwd(x64, key, name):
   inp = _random_inputs(key, name)
   def penalty(params, mode):
     return objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": mode}})(
-        inp._replace(params=params, encode=train.bind_encode(inp.model, params)))[0]
+        inp._replace(params=params, encode=train.bind_encode(inp.model, params),
+                     out=inp.model.apply({"params": params}, inp.x_in)))[0]
   grad = jax.jit(jax.grad(penalty), static_argnums=1)
   chex.assert_trees_all_close(grad(inp.params, "factored"), grad(inp.params, "jacfwd"),
                               rtol=1e-10, atol=1e-12)
@@ -202,7 +203,8 @@ def test_projection_estimator_unbiased_and_variance_falls_as_one_over_k(x64, key
     draws = jax.vmap(lambda kk: losses.projected_jacobian_sq_norm(kk, encode, x, num_projections=k)[0])(
         jax.random.split(jax.random.fold_in(key, k), n))
     draws = np.asarray(draws)
-    assert abs(draws.mean() - exact) < 3 * draws.std(ddof=1) / np.sqrt(n), (k, draws.mean(), exact)
+    # Within 4.5 standard errors of the exact variance (a false alarm about once in 10^5 runs of this test).
+    assert abs(draws.mean() - exact) < 4.5 * np.sqrt(var1 / k / n), (k, draws.mean(), exact)
     np.testing.assert_allclose(draws.var(ddof=1), var1 / k, rtol=0.15)
 
 

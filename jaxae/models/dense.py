@@ -120,8 +120,9 @@ class DenseAE(nn.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
-    code = self.encoder(x, train=train)
-    return outputs(code, self.decoder(code, train=train), self.output_activation)
+    z1 = self.encoder.first(x)
+    code = self.encoder.rest(z1, train=train)
+    return {**outputs(code, self.decoder(code, train=train), self.output_activation), "first_layer": z1}
 
 
 def mirrored(decoder_features: Sequence[int], hidden: Sequence[int], input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -136,7 +137,9 @@ def mirrored(decoder_features: Sequence[int], hidden: Sequence[int], input_shape
 
 def outputs(code: jax.Array, pre: jax.Array, output_activation: str) -> dict[str, jax.Array]:
   """A model's output dict from its code and decoder pre-activation: "code", "recon" and, for a
-  sigmoid output, "logits" (what binary cross-entropy reads)."""
+  sigmoid output, "logits" (what binary cross-entropy reads). Models with a dense first layer add
+  "first_layer", its pre-activation z1, which the factored contractive penalty reads (sharing the forward
+  pass's z1 lets the gradient through the first layer be one product, not two)."""
   out = {"code": code, "recon": activation_fn(output_activation)(pre)}
   if output_activation == "sigmoid":
     out["logits"] = pre

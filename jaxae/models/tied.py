@@ -83,5 +83,6 @@ class TiedAE(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x: [..., D] -> {"code", "recon"[, "logits"]}."""
     del train
-    code = self.encode(x)
-    return outputs(code, self._decode_pre(code), self.output_activation)
+    z1 = self.encode_first(x)
+    code = self.encode_rest(z1)
+    return {**outputs(code, self._decode_pre(code), self.output_activation), "first_layer": z1}

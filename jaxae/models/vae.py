@@ -75,8 +75,10 @@ class VAE(nn.Module):
     """x: [..., D] -> {"code": z, "mu", "logvar", "recon"[, "logits"]}; z is sampled when the "latent"
     stream is given."""
     del train
-    mu, logvar = self.posterior(x)
+    z1 = self.trunk.first(x)
+    h = self.trunk.rest(z1)
+    mu, logvar = self.mu_head(h), self.logvar_head(h)
     z = mu
     if self.has_rng("latent"):
       z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
-    return {**outputs(z, self.decoder(z), self.output_activation), "mu": mu, "logvar": logvar}
+    return {**outputs(z, self.decoder(z), self.output_activation), "mu": mu, "logvar": logvar, "first_layer": z1}
