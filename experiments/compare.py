@@ -4,10 +4,10 @@ r"""Comparison tables as Markdown, read from finished workdirs; the README's tab
   python -m experiments.compare --probe runs/s1,runs/s5,...             # linear probe of each encoder's codes
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
-  python -m experiments.compare --sweep runs/cae_sweep [--metric test/loss] [--json PATH]  # mean, 95% t per setting
+  python -m experiments.compare --sweep runs/cae_sweep [--metric test/loss] [--rows_json PATH]  # mean, 95% t per setting
   python -m experiments.compare --paired runs/cae/base --paired runs/dae/base [--metric test/loss]  # A - B, same seeds
 
-Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir; --json
+Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir; --rows_json
 writes the rows of --sweep and --paired.
 """
 
@@ -39,7 +39,7 @@ flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's f
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
 flags.DEFINE_string("metric", "", "--sweep and --paired: this metric of the final record only (e.g. test/loss).")
-flags.DEFINE_string("json", "", "--sweep and --paired: also write their rows to this JSON file.")
+flags.DEFINE_string("rows_json", "", "--sweep and --paired: also write their rows to this JSON file.")
 
 NOISE_STD = 0.1  # the "noisy" anomalies: normal test digits plus N(0, 0.1^2) per pixel, clipped to [0, 1]
 
@@ -243,7 +243,7 @@ def main(argv):
 
 
 def print_tables() -> None:
-  """Prints the tables the flags ask for (and writes --json)."""
+  """Prints the tables the flags ask for (and writes --rows_json)."""
   if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sweep or FLAGS.paired):
     raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sweep, --paired.")
   if FLAGS.paired and len(FLAGS.paired) != 2:
@@ -263,8 +263,8 @@ def print_tables() -> None:
   if FLAGS.paired:
     out["paired"] = paired_rows(*FLAGS.paired, metric=FLAGS.metric)
     print(paired_table(out["paired"]), end="\n\n")
-  if FLAGS.json and out:
-    with open(FLAGS.json, "w", encoding="utf-8") as f:
+  if FLAGS.rows_json and out:
+    with open(FLAGS.rows_json, "w", encoding="utf-8") as f:
       json.dump(out, f, indent=1)
 
 

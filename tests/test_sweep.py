@@ -119,7 +119,7 @@ def test_compare_sweep_means_and_intervals_match_numpy(finished, tmp_path):
   assert (paired["low"], paired["high"]) == pytest.approx((expected.low, expected.high))
 
   out = str(tmp_path / "sweep.json")  # the command: the same rows as JSON, the table on stdout
-  result = _run("experiments.compare", f"--sweep={root}", "--metric=test/loss", f"--json={out}")
+  result = _run("experiments.compare", f"--sweep={root}", "--metric=test/loss", f"--rows_json={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert _rows(result.stdout) == _rows(table)
   with open(out, encoding="utf-8") as f:
