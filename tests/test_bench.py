@@ -21,7 +21,8 @@ def test_bench_prints_a_row_per_config_and_the_s5_ratio():
   for r in rows:
     assert float(r[3]) > 0 and float(r[5]) > 0 and float(r[7].strip(" %")) > 0  # steps/s, GFLOP/step, of peak
   assert "peak" in out.splitlines()[0] and "ratio" in out
-  assert "- undercomplete.py: matmul/conv" in out  # the profile found the encoder's matmuls
+  profile = next(line for line in out.splitlines() if line.startswith("- undercomplete.py: "))
+  assert "matmul/conv" in profile.split("; top:")[0]  # the profile found the encoder's matmuls (share load-dependent)
 
 
 def test_op_kind_sorts_xla_operation_names():
