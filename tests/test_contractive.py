@@ -90,16 +90,19 @@ def _random_inputs(key, name, n=3):
 
 @pytest.mark.parametrize("name", list(FACTORED_ENCODERS))
 def test_factored_equals_jacfwd_jacrev_and_finite_differences(x64, key, name):
-  inp = _random_inputs(key, name)
+  for attempt in range(5):  # a ReLU net can draw all units dead (J = 0 everywhere): draw again, at most 5 times
+    inp = _random_inputs(jax.random.fold_in(key, attempt), name)
+    fwd, rev = (jax.jit(lambda x, m=m: losses.jacobian_sq_norm(inp.encode, x, mode=m))(inp.x_in)
+                for m in ("jacfwd", "jacrev"))
+    if np.max(np.asarray(fwd)) > 1e-6:
+      break
+  assert np.max(np.asarray(fwd)) > 1e-6, fwd  # Jacobians that are not all dead units
   first, rest, kernel = objective.encoder_split(inp)
   got = jax.jit(lambda x: losses.factored_jacobian_sq_norm(first, rest, x, kernel=kernel))(inp.x_in)
-  fwd, rev = (jax.jit(lambda x, m=m: losses.jacobian_sq_norm(inp.encode, x, mode=m))(inp.x_in)
-              for m in ("jacfwd", "jacrev"))
-  assert np.max(np.asarray(fwd)) > 1e-3, fwd  # Jacobians that are not all dead units
   np.testing.assert_allclose(got, fwd, rtol=1e-12)
   np.testing.assert_allclose(got, rev, rtol=1e-12)
   if name != "conv":  # the conv encoder's jacfwd is checked against finite differences in its own test below
-    np.testing.assert_allclose(got, _fd_sq_norm(inp.encode, inp.x_in), rtol=1e-6)
+    np.testing.assert_allclose(got, _fd_sq_norm(inp.encode, inp.x_in), rtol=1e-6, atol=1e-6 * float(np.max(fwd)))
   assert got.dtype == jnp.float64
   for inner_mode in ("jacfwd", "jacrev"):
     mean = jax.jit(lambda x, m=inner_mode: losses.factored_jacobian_sq_norm(first, rest, x, kernel=kernel,
@@ -191,7 +194,9 @@ def test_penalty_gradient_matches_finite_differences(x64, key, mode):
   assert float(jnp.abs(grads["kernel_0"]).max()) > 1e-3
 
 
-def test_projection_estimator_unbiased_and_variance_falls_as_one_over_k(x64, key):
+def test_projection_estimator_unbiased_and_variance_falls_as_one_over_k(x64):
+  # A statistical test: a fixed key, so that its outcome does not depend on how many tests drew keys before it.
+  key = jax.random.PRNGKey(20261124)
   model, params = _deep(key)
   encode = train.bind_encode(model, params)
   x = jax.random.normal(jax.random.fold_in(key, 1), (1, 10), jnp.float64)
