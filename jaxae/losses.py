@@ -39,12 +39,17 @@ def sigmoid_bce(logits: jax.Array, x: jax.Array) -> jax.Array:
   """Element-wise binary cross-entropy of targets x in [0, 1] against sigmoid(logits), exact for any logit.
 
   max(l, 0) - x l + log1p(exp(-|l|)): one exp and one log1p per element, where optax's form evaluates two
-  log-sigmoids (on the S4 dense step: 1.8 against 2.5 ms, `python -m experiments.bench_train`). The
+  log-sigmoids (the S4 dense step in a one-off timing: 1.8 against 2.5 ms; docs/devices.md). The
   derivative is given, not traced through max and abs (whose autodiff at l = 0 says 0 - x instead of
   1/2 - x): d/dl = sigmoid(l) - x, formed as 1 - x - sigmoid(-l) for l >= 0 so that it keeps its digits
   when sigmoid(l) and x are both near 1; d/dx = -l.
   """
-  return jnp.maximum(logits, 0) - x * logits + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return _bce_from(logits, x, jnp.exp(-jnp.abs(logits)))
+
+
+def _bce_from(logits: jax.Array, x: jax.Array, e: jax.Array) -> jax.Array:
+  """The cross-entropy's value given e = exp(-|logits|) (shared with its derivative)."""
+  return jnp.maximum(logits, 0) - x * logits + jnp.log1p(e)
 
 
 @sigmoid_bce.defjvp
@@ -52,7 +57,7 @@ def _sigmoid_bce_jvp(primals, tangents):
   logits, x = primals
   d_logits, d_x = tangents
   e = jnp.exp(-jnp.abs(logits))
-  value = jnp.maximum(logits, 0) - x * logits + jnp.log1p(e)
+  value = _bce_from(logits, x, e)
   small = e / (1 + e)  # sigmoid(-|l|), accurate however large |l| is
   grad = jnp.where(logits >= 0, (1 - x) - small, small - x)
   return value, grad * d_logits - logits * d_x
