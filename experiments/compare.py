@@ -49,36 +49,95 @@ def markdown(headers: list[str], rows: list[list]) -> str:
   return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
-def rifai_tables(root: str) -> str:
-  """Table 1 (each model at its best strength and fine-tuning rate on validation) and the whole search."""
-  runs = {}  # (run name, fine-tuning rate) -> record
-  for path in sorted(glob.glob(os.path.join(root, "*", "finetune_lr*.json"))):
+def rifai_records(root: str) -> dict[tuple[str, float], dict[int, dict]]:
+  """experiments/rifai.py's fine-tuning records under `root`: {(run name, rate): {seed: record}}."""
+  runs = {}
+  for path in sorted(glob.glob(os.path.join(root, "*", "seed=*", "finetune_lr*.json"))):
     with open(path, encoding="utf-8") as f:
       record = json.load(f)
-    runs[os.path.basename(os.path.dirname(path)), record["finetune"]["learning_rate"]] = record
+    seed_dir = os.path.dirname(path)
+    key = os.path.basename(os.path.dirname(seed_dir)), record["finetune"]["learning_rate"]
+    runs.setdefault(key, {})[int(os.path.basename(seed_dir).split("=", 1)[1])] = record
   if not runs:
-    raise app.UsageError(f"No finished runs (finetune_lr*.json) under {root!r}; run experiments.rifai first.")
-  search, table = [], []
+    raise UserError(f"No finished runs (<run>/seed=<k>/finetune_lr*.json) under {root!r}; run experiments.rifai "
+                    "first.")
+  return runs
+
+
+def _of_model(name: str, model: str) -> bool:
+  return name == model or name.startswith(model + "_") and name[len(model) + 1:][:1].isdigit()
+
+
+def rifai_choice(by_seed: dict[int, dict], seeds: list[int]) -> dict:
+  """One (run, rate) over `seeds`: the epoch of the lowest validation error averaged over the seeds, and
+  there each seed's validation and test error, the test error's mean and 95% t-interval, the mean ||J||_F."""
+  curves = np.array([[h["valid_error"] for h in by_seed[s]["history"]] for s in seeds])  # [seeds, epochs]
+  i = int(np.argmin(curves.mean(0)))
+  test = [by_seed[s]["history"][i]["test_error"] for s in seeds]
+  return {"epoch": by_seed[seeds[0]]["history"][i]["epoch"], "seeds": seeds, "test": test,
+          "valid_mean": float(curves[:, i].mean()), "test_interval": stats.t_interval(test),
+          "jacobian_norm": float(np.mean([by_seed[s]["mean_jacobian_norm"] for s in seeds]))}
+
+
+def rifai_rows(root: str) -> tuple[list[dict], list[dict]]:
+  """Table 1 and its search over seeds. Per model, the seeds that every (strength, rate) of it finished
+  are compared; each candidate at its epoch of lowest mean validation error (rifai_choice), and the model
+  at the candidate whose that error is lowest. Returns (table rows, search rows)."""
+  runs = rifai_records(root)
+  table, search = [], []
   for model, (field, _) in GRID.items():
-    keys = sorted(k for k in runs
-                  if k[0] == model or k[0].startswith(model + "_") and k[0][len(model) + 1:][:1].isdigit())
+    keys = sorted(k for k in runs if _of_model(k[0], model))
+    if not keys:
+      continue
+    seeds = sorted(set.intersection(*(set(runs[k]) for k in keys)))
+    if not seeds:
+      continue  # no seed finished by every candidate yet: nothing to choose between
+    chosen = []
     for name, lr in keys:
-      r, best = runs[name, lr], runs[name, lr]["best"]
-      search.append([model, field.rsplit(".", 1)[-1] + " = " + name[len(model) + 1:] if field else "-", f"{lr:g}",
-                     f"{100 * best['valid_error']:.2f}", best["epoch"], f"{100 * best['test_error']:.2f}",
-                     f"{r['mean_jacobian_norm']:.2f}"])
-    if keys:
-      chosen = min(keys, key=lambda k: runs[k]["best"]["valid_error"])
-      best, paper = runs[chosen]["best"], PAPER_TEST_ERROR[model]
-      table.append([model, chosen[0], f"{chosen[1]:g}", f"{100 * best['test_error']:.2f}",
-                    "-" if paper is None else f"{paper:.2f}", f"{100 * best['valid_error']:.2f}",
-                    f"{runs[chosen]['mean_jacobian_norm']:.2f}"])
-  return ("Table 1 (each model at the strength, fine-tuning rate and epoch of lowest validation error)\n\n"
-          + markdown(["model", "run", "fine-tune lr", "test error % (ours)", "test error % (paper)", "valid error %",
-                      "mean ‖J‖_F (test, before fine-tuning)"], table)
-          + "\n\nThe search (validation = training images 50,000-59,999)\n\n"
-          + markdown(["model", "strength", "fine-tune lr", "valid error %", "best epoch", "test error % at that epoch",
-                      "mean ‖J‖_F"], search))
+      c = rifai_choice(runs[name, lr], seeds)
+      chosen.append(c | {"model": model, "run": name, "lr": lr, "all_seeds": sorted(runs[name, lr]),
+                         "strength": f"{field.rsplit('.', 1)[-1]} = {name[len(model) + 1:]}" if field else "-"})
+    search += chosen
+    table.append(min(chosen, key=lambda c: c["valid_mean"]) | {"paper": PAPER_TEST_ERROR[model]})
+  return table, search
+
+
+def _pct(iv: stats.Interval) -> str:
+  return f"{100 * iv.mean:.2f}" + ("" if iv.n < 2 else f" ± {100 * iv.half_width:.2f}")
+
+
+def rifai_tables(root: str) -> str:
+  """Table 1 (each model at its best strength, fine-tuning rate and epoch on the validation mean over
+  seeds), the CAE against the DAE paired over seeds, and the whole search."""
+  table, search = rifai_rows(root)
+  out = ("Table 1 (each model at the strength, fine-tuning rate and epoch of lowest validation error, averaged "
+         "over the seeds; test error: mean ± half-width of its 95% t-interval over the seeds)\n\n"
+         + markdown(["model", "run", "fine-tune lr", "epoch", "seeds", "test error % (ours)", "test error % (paper)",
+                     "valid error % (mean)", "test error % per seed", "mean ‖J‖_F (test, before fine-tuning)"],
+                    [[c["model"], c["run"], f"{c['lr']:g}", c["epoch"], len(c["seeds"]), _pct(c["test_interval"]),
+                      "-" if c["paper"] is None else f"{c['paper']:.2f}", f"{100 * c['valid_mean']:.2f}",
+                      " / ".join(f"{100 * t:.2f}" for t in c["test"]), f"{c['jacobian_norm']:.2f}"] for c in table]))
+  by_model = {c["model"]: c for c in table}
+  if "cae" in by_model and "dae" in by_model:
+    cae, dae = by_model["cae"], by_model["dae"]
+    runs = rifai_records(root)
+    seeds = sorted(set(runs[cae["run"], cae["lr"]]) & set(runs[dae["run"], dae["lr"]]))
+    test_at = lambda c, s: next(h["test_error"] for h in runs[c["run"], c["lr"]][s]["history"]
+                                if h["epoch"] == c["epoch"])
+    a, b = [test_at(cae, s) for s in seeds], [test_at(dae, s) for s in seeds]
+    iv = stats.paired_difference(a, b)
+    out += (f"\n\nCAE ({cae['run']}, lr {cae['lr']:g}) - DAE ({dae['run']}, lr {dae['lr']:g}), test error, "
+            f"paired over seeds {seeds}: mean {100 * iv.mean:+.2f} points"
+            + ("" if iv.n < 2 else f", 95% interval [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
+            + "; per seed " + ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b)) + ".")
+  return (out + "\n\nThe search (validation = training images 50,000-59,999; each row at its epoch of lowest mean "
+          "validation error)\n\n"
+          + markdown(["model", "strength", "fine-tune lr", "seeds", "valid error % (mean)", "epoch",
+                      "test error % at that epoch", "mean ‖J‖_F"],
+                     [[c["model"], c["strength"], f"{c['lr']:g}", len(c["seeds"])
+                       if c["all_seeds"] == c["seeds"] else f"{len(c['seeds'])} (of {len(c['all_seeds'])} done)",
+                       f"{100 * c['valid_mean']:.2f}", c["epoch"], _pct(c["test_interval"]),
+                       f"{c['jacobian_norm']:.2f}"] for c in search]))
 
 
 def _flat(codes: np.ndarray) -> np.ndarray:
@@ -176,9 +235,10 @@ def sweep_rows(root: str, metric: str = "") -> tuple[list[dict], list[str]]:
     for name in names:
       seeds = [s for s, r in by_seed.items() if name in r]
       if seeds:
-        iv = stats.t_interval([by_seed[s][name] for s in seeds])
+        values = [by_seed[s][name] for s in seeds]
         rows.append({"setting": setting["name"], "values": setting["values"], "metric": name, "seeds": seeds,
-                     **_interval(iv)})
+                     "same_for_every_seed": len(values) > 1 and len(set(values)) == 1,
+                     **_interval(stats.t_interval(values))})
   return rows, missing
 
 
@@ -198,7 +258,14 @@ def sweep_table(rows: list[dict], missing: list[str]) -> str:
   table = markdown(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
                    [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
                      f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
-  return table + (f"\n\nNot finished, left out: {', '.join(missing)}." if missing else "")
+  same = {r["setting"] for r in rows if r["same_for_every_seed"] and not r["metric"].startswith("time/")}
+  same = [s for s in dict.fromkeys(r["setting"] for r in rows) if s in same and all(
+      r["same_for_every_seed"] for r in rows if r["setting"] == s and not r["metric"].startswith("time/"))]
+  return (table + (f"\n\nNot finished, left out: {', '.join(missing)}." if missing else "")
+          + (f"\n\nWarning: every seed of {', '.join(same)} gave the same metrics to the last digit: config.seed "
+             "changes nothing in that config (a fixed initialiser, e.g. experiments.initializers:theano_rs123, and "
+             "unshuffled batches), so its ± is 0 and says nothing about seeds. Draw the initialisation from the "
+             "seed (e.g. --config.model.kwargs.kernel_init=...) or shuffle." if same else ""))
 
 
 def paired_rows(setting_a: str, setting_b: str, metric: str = "") -> list[dict]:

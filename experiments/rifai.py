@@ -8,10 +8,16 @@ cross-entropy on the same images (plain SGD, batch 20, 30 epochs, the rate decay
 strength, the fine-tuning rate and the fine-tuning epoch. The test set is read at every epoch but chooses
 nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
 
-  python -m experiments.rifai --root runs/rifai          # the search and Table 1 (prints Markdown)
-  python -m experiments.compare --rifai runs/rifai       # the tables again, from the files
+  python -m experiments.rifai --root runs/rifai --seeds 3    # the search and Table 1 (prints Markdown)
+  python -m experiments.rifai --root runs/rifai --seed_list 1 --strengths cae=0.1,0.2 --models cae  # a part
+  python -m experiments.compare --rifai runs/rifai           # the tables again, from the files
 
-Each run is resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.json) is not redone.
+One workdir per (model, strength, seed): ROOT/<model>_<strength>/seed=<k> (config.seed = k: the
+autoencoder's initialisation, its batch order and noise, and the fine-tuning's). Seeds run in turn, every
+setting of seed k before seed k + 1; several processes may take different --seed_list. Each run is
+resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.json) is not redone. Over seeds, each
+model's strength, fine-tuning rate and epoch are those of the lowest validation error averaged over the
+seeds (compare.rifai_tables); the test error is given as the mean and its 95% t-interval.
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.configs import rifai as rifai_config
-from jaxae import analysis, data, finetune, metrics, train
+from jaxae import analysis, data, finetune, metrics, sweep, train
+from jaxae.errors import UserError
 from jaxae.run import Components, TrainedRun
 
 FLAGS = flags.FLAGS
@@ -37,6 +45,10 @@ flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0", "2.0"], "Fine-tuning SGD
                   "validation, each the rate at the start, decayed to 0 by a cosine.")
 flags.DEFINE_integer("finetune_batch", 20, "Fine-tuning batch size.")
 flags.DEFINE_list("models", ["cae", "dae", "ae_wd", "ae", "mlp"], "Which models of GRID to run.")
+flags.DEFINE_integer("seeds", 3, "Seeds 0..N-1 of every setting.", lower_bound=1)
+flags.DEFINE_list("seed_list", [], "These seeds instead of 0..N-1, e.g. 3,4.")
+flags.DEFINE_multi_string("strengths", [], "MODEL=V1,V2,...: these strengths of MODEL instead of GRID's "
+                          "(e.g. cae=0.1,0.2,0.3); repeat for several models.")
 flags.DEFINE_bool("smoke", False, "Tiny data and one epoch of everything (a check that it runs).")
 
 GRID = rifai_config.GRID
@@ -48,15 +60,35 @@ def run_name(model: str, value) -> str:
   return model if value is None else f"{model}_{value:g}"
 
 
+def workdir_of(root: str, model: str, value, seed: int) -> str:
+  return sweep.workdir_of(root, run_name(model, value), seed)
+
+
+def parse_strengths(specs: list[str]) -> dict[str, tuple]:
+  """["cae=0.1,0.2"] -> GRID's values with cae's replaced by (0.1, 0.2)."""
+  values = {model: vals for model, (_, vals) in GRID.items()}
+  for spec in specs:
+    model, sep, text = spec.partition("=")
+    if not sep or model not in GRID or not GRID[model][0]:
+      raise app.UsageError(f"--strengths {spec!r}: give MODEL=V1,V2 with MODEL one of "
+                           f"{', '.join(m for m, (f, _) in GRID.items() if f)}.")
+    try:
+      values[model] = tuple(float(v) for v in text.split(","))
+    except ValueError:
+      raise app.UsageError(f"--strengths {spec!r}: the strengths are numbers, e.g. {model}=0.1,0.2.") from None
+  return values
+
+
 def record_name(lr: float) -> str:
   """The fine-tuning record of one rate, in the pretrained run's workdir."""
   return f"finetune_lr{lr:g}.json"
 
 
-def configure(model: str, field: str, value, smoke: bool):
+def configure(model: str, field: str, value, smoke: bool, seed: int = 0):
   config = rifai_config.get_config(("ae" if model == "mlp" else model) + (",smoke" if smoke else ""))
   if model == "mlp":
     config.epochs = 0
+  config.seed = seed
   if field:
     config.update_from_flattened_dict({field: value})
   return config
@@ -156,18 +188,22 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--models holds {sorted(unknown)}; known: {', '.join(GRID)}.")
   lrs = [float(lr) for lr in FLAGS.finetune_lrs]
+  strengths = parse_strengths(FLAGS.strengths)
+  try:
+    seeds = sweep.parse_seeds(FLAGS.seeds, FLAGS.seed_list)
+  except UserError as e:
+    raise app.UsageError(str(e)) from None
+  runs = [(seed, model, value) for seed in seeds for model in FLAGS.models for value in strengths[model]]
   parts = splits(FLAGS.smoke)  # read once for every run
-  for model in FLAGS.models:
-    field, values = GRID[model]
-    for value in values:
-      workdir = os.path.join(FLAGS.root, run_name(model, value))
-      records = pretrain_and_finetune(configure(model, field, value, FLAGS.smoke), workdir, parts,
-                                      epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
-                                      batch_size=FLAGS.finetune_batch)
-      for lr, record in records.items():
-        logging.info("%s, lr %g: valid %.4f test %.4f (epoch %d), mean ||J||_F %.3f", workdir, lr,
-                     record["best"]["valid_error"], record["best"]["test_error"], record["best"]["epoch"],
-                     record["mean_jacobian_norm"])
+  for i, (seed, model, value) in enumerate(runs):
+    workdir = workdir_of(FLAGS.root, model, value, seed)
+    start = time.time()
+    records = pretrain_and_finetune(configure(model, GRID[model][0], value, FLAGS.smoke, seed), workdir, parts,
+                                    epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
+                                    batch_size=FLAGS.finetune_batch)
+    best = min(records.values(), key=lambda r: r["best"]["valid_error"])["best"]
+    print(f"[{i + 1}/{len(runs)}] {run_name(model, value)} seed={seed}: {time.time() - start:.0f} s, "
+          f"best valid {100 * best['valid_error']:.2f}%", flush=True)
   from experiments import compare  # pylint: disable=g-import-not-at-top
   print(compare.rifai_tables(FLAGS.root))
 

@@ -205,3 +205,20 @@ def test_bench_vmapped_seeds_train_as_the_seeds_one_after_another():
   (row,) = _rows(result.stdout)
   assert row[:3] == ["undercomplete.py", "128", "2"] and all(float(row[i]) > 0 for i in (3, 4, 6))
   assert float(row[-1]) < 1e-5  # float rounding only
+
+
+def test_seeds_that_change_nothing_are_called_out(finished, tmp_path):
+  """A config whose seed reaches nothing (a fixed initialiser, unshuffled batches) gives every seed the same
+  numbers; the table says so instead of showing a ± of 0 as if it were a spread over seeds."""
+  root = str(tmp_path / "sweep")
+  shutil.copytree(finished[0], root)
+  assert "Warning" not in compare.sweep_table(*compare.sweep_rows(root))  # real seeds differ
+  folder = os.path.join(root, NAMES[1])
+  with open(os.path.join(folder, "seed=0", metrics.METRICS_FILE), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  for r in records:
+    r["time/epoch_s"] += 1.0  # the time of an epoch differs from run to run anyway; it is not a result
+  with open(os.path.join(folder, "seed=1", metrics.METRICS_FILE), "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  table = compare.sweep_table(*compare.sweep_rows(root))
+  assert f"Warning: every seed of {NAMES[1]} gave the same metrics" in table and NAMES[0] not in table.split("Warning")[1]
