@@ -31,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml requirements.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The data-parallel tests again with 8 devices visible (fake CPU devices here; real ones on a GPU/TPU host).
 test-devices: install
