@@ -79,17 +79,16 @@ def rifai_choice(by_seed: dict[int, dict], seeds: list[int]) -> dict:
           "jacobian_norm": float(np.mean([by_seed[s]["mean_jacobian_norm"] for s in seeds]))}
 
 
-def rifai_rows(root: str) -> tuple[list[dict], list[dict]]:
+def rifai_rows(root: str) -> tuple[list[dict], list[dict], dict | None]:
   """Table 1 and its search over seeds. Per model, the seeds that every (strength, rate) of it finished
   are compared; each candidate at its epoch of lowest mean validation error (rifai_choice), and the model
-  at the candidate whose that error is lowest. Returns (table rows, search rows)."""
+  at the candidate whose that error is lowest. Returns (table rows, search rows, the CAE - DAE test error
+  paired over the seeds both chosen runs finished, or None without both)."""
   runs = rifai_records(root)
   table, search = [], []
   for model, (field, _) in GRID.items():
     keys = sorted(k for k in runs if _of_model(k[0], model))
-    if not keys:
-      continue
-    seeds = sorted(set.intersection(*(set(runs[k]) for k in keys)))
+    seeds = sorted(set.intersection(*(set(runs[k]) for k in keys))) if keys else []
     if not seeds:
       continue  # no seed finished by every candidate yet: nothing to choose between
     chosen = []
@@ -99,7 +98,17 @@ def rifai_rows(root: str) -> tuple[list[dict], list[dict]]:
                          "strength": f"{field.rsplit('.', 1)[-1]} = {name[len(model) + 1:]}" if field else "-"})
     search += chosen
     table.append(min(chosen, key=lambda c: c["valid_mean"]) | {"paper": PAPER_TEST_ERROR[model]})
-  return table, search
+  by_model = {c["model"]: c for c in table}
+  paired = None
+  if "cae" in by_model and "dae" in by_model:
+    cae, dae = (runs[by_model[m]["run"], by_model[m]["lr"]] for m in ("cae", "dae"))
+    seeds = sorted(set(cae) & set(dae))
+    test_at = lambda by_seed, m: [next(h["test_error"] for h in by_seed[s]["history"]
+                                       if h["epoch"] == by_model[m]["epoch"]) for s in seeds]
+    a, b = test_at(cae, "cae"), test_at(dae, "dae")
+    paired = {"cae": by_model["cae"], "dae": by_model["dae"], "seeds": seeds, "cae_test": a, "dae_test": b,
+              "difference": stats.paired_difference(a, b)}
+  return table, search, paired
 
 
 def _pct(iv: stats.Interval) -> str:
@@ -109,7 +118,7 @@ def _pct(iv: stats.Interval) -> str:
 def rifai_tables(root: str) -> str:
   """Table 1 (each model at its best strength, fine-tuning rate and epoch on the validation mean over
   seeds), the CAE against the DAE paired over seeds, and the whole search."""
-  table, search = rifai_rows(root)
+  table, search, paired = rifai_rows(root)
   out = ("Table 1 (each model at the strength, fine-tuning rate and epoch of lowest validation error, averaged "
          "over the seeds; test error: mean ± half-width of its 95% t-interval over the seeds)\n\n"
          + markdown(["model", "run", "fine-tune lr", "epoch", "seeds", "test error % (ours)", "test error % (paper)",
@@ -117,19 +126,13 @@ def rifai_tables(root: str) -> str:
                     [[c["model"], c["run"], f"{c['lr']:g}", c["epoch"], len(c["seeds"]), _pct(c["test_interval"]),
                       "-" if c["paper"] is None else f"{c['paper']:.2f}", f"{100 * c['valid_mean']:.2f}",
                       " / ".join(f"{100 * t:.2f}" for t in c["test"]), f"{c['jacobian_norm']:.2f}"] for c in table]))
-  by_model = {c["model"]: c for c in table}
-  if "cae" in by_model and "dae" in by_model:
-    cae, dae = by_model["cae"], by_model["dae"]
-    runs = rifai_records(root)
-    seeds = sorted(set(runs[cae["run"], cae["lr"]]) & set(runs[dae["run"], dae["lr"]]))
-    test_at = lambda c, s: next(h["test_error"] for h in runs[c["run"], c["lr"]][s]["history"]
-                                if h["epoch"] == c["epoch"])
-    a, b = [test_at(cae, s) for s in seeds], [test_at(dae, s) for s in seeds]
-    iv = stats.paired_difference(a, b)
+  if paired:
+    cae, dae, iv = paired["cae"], paired["dae"], paired["difference"]
     out += (f"\n\nCAE ({cae['run']}, lr {cae['lr']:g}) - DAE ({dae['run']}, lr {dae['lr']:g}), test error, "
-            f"paired over seeds {seeds}: mean {100 * iv.mean:+.2f} points"
+            f"paired over seeds {paired['seeds']}: mean {100 * iv.mean:+.2f} points"
             + ("" if iv.n < 2 else f", 95% interval [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
-            + "; per seed " + ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b)) + ".")
+            + "; per seed " + ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(paired["cae_test"], paired["dae_test"]))
+            + ".")
   return (out + "\n\nThe search (validation = training images 50,000-59,999; each row at its epoch of lowest mean "
           "validation error)\n\n"
           + markdown(["model", "strength", "fine-tune lr", "seeds", "valid error % (mean)", "epoch",

@@ -145,7 +145,7 @@ def test_rifai_chooses_on_the_validation_mean_over_seeds(tmp_path):
   write("cae_0.1", 3, _fake_record([0.0, 0.0, 0.0], [0.5, 0.5, 0.5], 1.0))
   for seed, (v, t) in enumerate(((0.012, 0.011), (0.012, 0.017), (0.011, 0.013))):
     write("dae_0.5", seed, _fake_record([0.02, v], [0.02, t], 0.5))
-  table, search = compare.rifai_rows(str(tmp_path))
+  table, search, paired = compare.rifai_rows(str(tmp_path))
   cae = next(c for c in table if c["model"] == "cae")
   assert (cae["run"], cae["lr"], cae["epoch"], cae["seeds"]) == ("cae_0.1", 1.0, 2, [0, 1, 2])
   np.testing.assert_allclose(cae["test"], [0.012, 0.014, 0.016])
@@ -154,6 +154,8 @@ def test_rifai_chooses_on_the_validation_mean_over_seeds(tmp_path):
   np.testing.assert_allclose([iv.mean, iv.half_width], [0.014, 4.302653 * 0.002 / np.sqrt(3)], rtol=1e-6)
   np.testing.assert_allclose(cae["jacobian_norm"], 5.0)
   assert len([c for c in search if c["model"] == "cae"]) == 2
+  np.testing.assert_allclose(paired["cae_test"], [0.012, 0.014, 0.016])
+  np.testing.assert_allclose(paired["dae_test"], [0.011, 0.017, 0.013])
   text = compare.rifai_tables(str(tmp_path))
   row = next(r for r in _rows(text.split("The search")[0]) if r[0] == "cae")
   assert row[:6] == ["cae", "cae_0.1", "1", "2", "3", "1.40 ± 0.50"] and row[8] == "1.20 / 1.40 / 1.60"
