@@ -89,7 +89,7 @@ def tfds_dir(tmp_path_factory, idx_dir):
   import io  # pylint: disable=g-import-not-at-top
   import PIL.Image  # pylint: disable=g-import-not-at-top
   tfds = pytest.importorskip("tensorflow_datasets")
-  from jaxae.data import load_idx  # pylint: disable=g-import-not-at-top
+  from jaxae.sources import load_idx  # pylint: disable=g-import-not-at-top
 
   class TinyMNIST(tfds.image_classification.MNIST, skip_registration=True):
     name = "mnist"

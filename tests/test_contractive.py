@@ -269,10 +269,10 @@ def test_tied_decoder_reads_the_encoder_kernel(key):
 def test_s5_epoch0_line_reproduces_the_published_digits(x64, mode):
   """The tutorial's epoch-0 line depends on the initialisation and the first two batches only."""
   from experiments.configs import cae_theano  # pylint: disable=g-import-not-at-top
-  from jaxae import data  # pylint: disable=g-import-not-at-top
+  from jaxae import data, sources  # pylint: disable=g-import-not-at-top
   c = cae_theano.get_config()
   c.loss_options.contractive.mode = mode
-  images, labels = data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
+  images, labels = sources.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
   x = jnp.asarray(data.scale(images[:20], scaling="unit256"))
   first_batches = data.Dataset({"train": data.Split(x, jnp.asarray(labels[:20])), "test": data.Split(x, jnp.asarray(labels[:20]))},
                                (*images.shape[1:], 1))

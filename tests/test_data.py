@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxae import data
+from jaxae import data, sources
 from jaxae.errors import UserError
 from tests.conftest import write_idx
 
@@ -17,7 +17,7 @@ def test_read_idx_roundtrip(tmp_path):
   images = rng.integers(0, 256, (7, 28, 28), dtype=np.uint8)
   for name in ("a.gz", "b"):
     write_idx(str(tmp_path / name), images)
-    np.testing.assert_array_equal(data.read_idx(str(tmp_path / name)), images)
+    np.testing.assert_array_equal(sources.read_idx(str(tmp_path / name)), images)
 
 
 def test_read_idx_truncated_and_bad_header(tmp_path):
@@ -25,10 +25,10 @@ def test_read_idx_truncated_and_bad_header(tmp_path):
   raw = (tmp_path / "x").read_bytes()
   (tmp_path / "short").write_bytes(raw[:-5])
   with pytest.raises(UserError, match="truncated"):
-    data.read_idx(str(tmp_path / "short"))
+    sources.read_idx(str(tmp_path / "short"))
   (tmp_path / "bad").write_bytes(b"\x01\x02" + raw[2:])
   with pytest.raises(UserError, match="not an IDX file"):
-    data.read_idx(str(tmp_path / "bad"))
+    sources.read_idx(str(tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("scaling,ref", [
@@ -49,17 +49,17 @@ def test_unit256_is_the_theano_scaling():
 
 
 def test_load_idx_subset_in_file_order(idx_dir):
-  images, labels = data.load_idx(idx_dir, "train")
+  images, labels = sources.load_idx(idx_dir, "train")
   splits = data.load_mnist(source="idx", data_dir=idx_dir, scaling="unit256", train_subset=100)
   chex.assert_shape(splits["train"].x, (100, 784))
   assert splits["train"].x.dtype == np.float32 and splits["train"].labels.dtype == np.int32
   np.testing.assert_allclose(splits["train"].x, images[:100].reshape(100, -1) / 256.0, rtol=1e-6)
   np.testing.assert_array_equal(splits["train"].labels, labels[:100])
-  assert splits["test"].x.shape[0] == data.load_idx(idx_dir, "test")[0].shape[0]
+  assert splits["test"].x.shape[0] == sources.load_idx(idx_dir, "test")[0].shape[0]
 
 
 def test_train_classes_keep_those_digits_of_the_training_split_only(idx_dir):
-  images, labels = data.load_idx(idx_dir, "train")
+  images, labels = sources.load_idx(idx_dir, "train")
   splits = data.load_mnist(source="idx", data_dir=idx_dir, train_subset=300, train_classes=(0, 1, 2, 3, 4, 5, 6, 7, 8))
   keep = labels[:300] != 9
   assert 0 < keep.sum() < 300
@@ -90,8 +90,8 @@ def test_epoch_indices_shuffled_and_in_order(key):
 def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
   # tfds.testing.mock_data would be the usual way, but it aborts the process with TF 2.21
   # (std::length_error in from_generator), so a tiny dataset is prepared from the fake IDX files.
-  images, labels = data.load_tfds("test", data_dir=tfds_dir, download=False)
-  idx_images, idx_labels = data.load_idx(idx_dir, "test")
+  images, labels = sources.load_tfds("test", data_dir=tfds_dir, download=False)
+  idx_images, idx_labels = sources.load_idx(idx_dir, "test")
   images = images[..., 0]  # TFDS keeps the channel axis
   assert images.shape == idx_images.shape and images.dtype == np.uint8
   order = np.lexsort(images.reshape(len(images), -1).T)  # TFDS shuffles: compare as sorted sets
@@ -104,7 +104,7 @@ def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
 
 def test_missing_tfds_data_says_how_to_get_it(tmp_path):
   with pytest.raises(UserError, match="'mnist' is not in the TFDS data dir.*TFDS_DATA_DIR"):
-    data.load_tfds("train", data_dir=str(tmp_path), download=False)
+    sources.load_tfds("train", data_dir=str(tmp_path), download=False)
 
 
 def test_missing_idx_files_say_where(tmp_path):
@@ -122,8 +122,8 @@ def test_unknown_source_and_scaling():
 @pytest.mark.skipif(not (os.environ.get("TFDS_DATA_DIR") and os.environ.get("JAXAE_IDX_DIR")),
                     reason="needs the offline MNIST copies (TFDS_DATA_DIR and JAXAE_IDX_DIR, set by .ci/run)")
 def test_real_mnist_both_sources_agree():
-  tfds_test = data.load_tfds("test", download=False)
-  idx_test = data.load_idx(os.environ["JAXAE_IDX_DIR"], "test")
+  tfds_test = sources.load_tfds("test", download=False)
+  idx_test = sources.load_idx(os.environ["JAXAE_IDX_DIR"], "test")
   assert tfds_test[0].shape == (10000, 28, 28, 1) and idx_test[0].shape == (10000, 28, 28)  # TFDS keeps the channel
   for source in ("tfds", "idx"):  # the shape from the metadata alone, as the benchmarks read it
     assert data.example_shape(ml_collections.ConfigDict({"source": source, "data_dir": ""})) == (28, 28, 1)
@@ -131,22 +131,22 @@ def test_real_mnist_both_sources_agree():
   np.testing.assert_array_equal(np.sort(tfds_test[0].reshape(10000, -1).sum(1)),
                                 np.sort(idx_test[0].reshape(10000, -1).sum(1)))
   np.testing.assert_array_equal(np.bincount(tfds_test[1]), np.bincount(idx_test[1]))
-  assert data.load_idx(os.environ["JAXAE_IDX_DIR"], "train")[0].shape == (60000, 28, 28)
+  assert sources.load_idx(os.environ["JAXAE_IDX_DIR"], "train")[0].shape == (60000, 28, 28)
 
 
 def test_decoded_tfds_data_is_kept_for_the_next_run_and_read_again_when_the_source_changes(tfds_dir, tmp_path,
                                                                                           monkeypatch):
   monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
-  decoded, real = [], data.load_tfds
-  monkeypatch.setattr(data, "load_tfds", lambda *a, **k: decoded.append(1) or real(*a, **k))
-  first = data.cached_tfds("test", data_dir=tfds_dir, download=False)
-  second = data.cached_tfds("test", data_dir=tfds_dir, download=False)
+  decoded, real = [], sources.load_tfds
+  monkeypatch.setattr(sources, "load_tfds", lambda *a, **k: decoded.append(1) or real(*a, **k))
+  first = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
+  second = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
   assert len(decoded) == 1 and os.listdir(tmp_path / "cache")
   np.testing.assert_array_equal(first[0], second[0])
   np.testing.assert_array_equal(first[1], second[1])
   prepared = next(os.path.join(d, f) for d, _, files in os.walk(os.path.join(tfds_dir, "mnist")) for f in files)
   st = os.stat(prepared)
   os.utime(prepared, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the source changed
-  third = data.cached_tfds("test", data_dir=tfds_dir, download=False)
+  third = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
   assert len(decoded) == 2
   np.testing.assert_array_equal(first[0], third[0])

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.configs import datasets as datasets_config
 from experiments.configs import default, keras, undercomplete
-from jaxae import checkpoint, data, metrics, report, train
+from jaxae import checkpoint, data, metrics, report, sources, train
 from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 from tests.conftest import FAKE_TFDS, fake_tfds_split
@@ -43,7 +43,7 @@ def data_config(**fields):
 @pytest.mark.parametrize("name", sorted(FAKE_TFDS))
 def test_tfds_dataset_by_name_gives_the_images_written(name, image_tfds_dir):
   for split in ("train", "test"):
-    images, labels = data.load_tfds(split, name=name, data_dir=image_tfds_dir, download=False)
+    images, labels = sources.load_tfds(split, name=name, data_dir=image_tfds_dir, download=False)
     want, want_labels = fake_tfds_split(name, split)
     assert images.shape == want.shape and images.dtype == np.uint8
     np.testing.assert_array_equal(sorted_rows(images), sorted_rows(want))
@@ -74,11 +74,11 @@ def test_grayscale_is_the_rounded_601_luma(image_tfds_dir):
 
 def test_the_cache_keeps_each_dataset_apart(image_tfds_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path))
-  decoded, real = [], data.load_tfds
-  monkeypatch.setattr(data, "load_tfds", lambda *a, **k: decoded.append(k["name"]) or real(*a, **k))
+  decoded, real = [], sources.load_tfds
+  monkeypatch.setattr(sources, "load_tfds", lambda *a, **k: decoded.append(k["name"]) or real(*a, **k))
   for _ in range(2):
     for name in sorted(FAKE_TFDS):
-      images, _ = data.cached_tfds("test", name=name, data_dir=image_tfds_dir, download=False)
+      images, _ = sources.cached_tfds("test", name=name, data_dir=image_tfds_dir, download=False)
       np.testing.assert_array_equal(sorted_rows(images), sorted_rows(fake_tfds_split(name, "test")[0]))
   assert decoded == sorted(FAKE_TFDS)  # decoded once each, then read from the cache
   files = sorted(os.listdir(tmp_path))
@@ -89,7 +89,7 @@ def test_the_cache_keeps_each_dataset_apart(image_tfds_dir, tmp_path, monkeypatc
   try:
     os.utime(prepared, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # cifar10 changed, fashion_mnist did not
     for name in sorted(FAKE_TFDS):
-      data.cached_tfds("test", name=name, data_dir=image_tfds_dir, download=False)
+      sources.cached_tfds("test", name=name, data_dir=image_tfds_dir, download=False)
   finally:
     os.utime(prepared, ns=(st.st_atime_ns, st.st_mtime_ns))
   assert decoded == sorted(FAKE_TFDS) + ["cifar10"]
@@ -97,13 +97,13 @@ def test_the_cache_keeps_each_dataset_apart(image_tfds_dir, tmp_path, monkeypatc
 
 def test_tfds_errors_name_the_problem(image_tfds_dir, tmp_path):
   with pytest.raises(UserError, match="TFDS has no dataset 'fashon_mnist'; did you mean fashion_mnist"):
-    data.load_tfds("train", name="fashon_mnist", data_dir=image_tfds_dir, download=False)
+    sources.load_tfds("train", name="fashon_mnist", data_dir=image_tfds_dir, download=False)
   with pytest.raises(UserError, match="cannot build 'emnist/lettrs'.*its configs: .*letters"):
     data.example_shape(data_config(name="emnist/lettrs"))
   with pytest.raises(UserError, match="cannot build 'mnist:9.9.9'.*only: 3.0.1"):
-    data.load_tfds("train", name="mnist:9.9.9", data_dir=image_tfds_dir, download=False)
+    sources.load_tfds("train", name="mnist:9.9.9", data_dir=image_tfds_dir, download=False)
   with pytest.raises(UserError, match="'iris' has no 'image' feature.*features: features, label"):
-    data.load_tfds("train", name="iris", data_dir=str(tmp_path), download=False)
+    sources.load_tfds("train", name="iris", data_dir=str(tmp_path), download=False)
   with pytest.raises(UserError, match="'kmnist' is not in the TFDS data dir.*holds kmnist/3.0.1"):
     data.load(data_config(name="kmnist", data_dir=str(tmp_path)))
   with pytest.raises(UserError, match="reads the MNIST IDX files only, and data.name is 'cifar10'"):

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, data, metrics, train
+from jaxae import checkpoint, data, metrics, sources, train
 from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 from tests.conftest import ROOT
@@ -137,7 +137,7 @@ def test_sigkill_at_any_moment_resumes_and_ends_bitwise_equal(idx_dir, tmp_path)
 
 
 def test_data_with_nan_or_inf_is_refused(idx_dir, monkeypatch):
-  real = data.load_idx
+  real = sources.load_idx
 
   def user_data(directory, split):  # float images, as a user's own loader might hand in
     images, labels = real(directory, split)
@@ -146,7 +146,7 @@ def test_data_with_nan_or_inf_is_refused(idx_dir, monkeypatch):
       images[3, 0, 0], images[3, 5, 5], images[70, 1, 1] = np.nan, np.inf, np.nan
     return images, labels
 
-  monkeypatch.setattr(data, "load_idx", user_data)
+  monkeypatch.setattr(sources, "load_idx", user_data)
   with pytest.raises(UserError, match=r"The test images hold 3 non-finite values \(NaN or Inf\) in 2 of 128 "
                                       r"examples \(the first: example 3\) after scaling='unit'.*np.nan_to_num"):
     data.load_mnist(source="idx", data_dir=idx_dir)

@@ -1,0 +1,235 @@
+"""Raw arrays from where images live: the MNIST IDX files, any TFDS image dataset (through tfds, with the
+decoded arrays cached between runs), or a user's .npz.
+
+Each reader returns one split as images [N, H, W(, C)] (uint8, or float in [0, 1] from an .npz) and labels [N]
+(NO_LABEL when the data has none); jaxae.data turns them into a Dataset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gzip
+import hashlib
+import os
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxae.errors import UserError
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+NO_LABEL = -1  # the label of every example of data without labels
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a uint8 array of the shape its header gives.
+
+  Args:
+    path: file in the IDX format: zero, zero, type byte 0x08 (uint8), number of dimensions, then one
+      big-endian uint32 per dimension and the raw data.
+  """
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise UserError(f"{path} is not an IDX file of uint8 (bad header); re-download the MNIST IDX files.")
+  ndim = raw[3]
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise UserError(f"{path} holds {data.size} values, its header says {shape}: the file is truncated.")
+  return data.reshape(shape)
+
+
+def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST images [N, H, W] uint8 and labels [N] in the files' own order."""
+  found = []
+  for stem in IDX_FILES[split]:
+    candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    if path is None:
+      raise UserError(
+          f"MNIST IDX file {stem}(.gz) not found in {directory!r}. Put the four MNIST IDX files there, "
+          "or point --config.data.data_dir (or JAXAE_IDX_DIR) at the folder that holds them.")
+    found.append(read_idx(path))
+  return found[0], found[1]
+
+
+def _tfds():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
+  return tfds
+
+
+def tfds_builder(name: str, data_dir: str | None = None):
+  """TFDS's builder of `name` ("NAME[/CONFIG][:VERSION]", e.g. "emnist/letters", "mnist:3.0.1"), from its
+  metadata alone. Raises UserError for a name TFDS does not know and for a dataset without an `image`
+  feature of fixed-size uint8 images [H, W, C]."""
+  tfds = _tfds()
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or os.environ.get("TFDS_DATA_DIR") or None)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    close = difflib.get_close_matches(name.split(":")[0].split("/")[0], tfds.core.registered.list_imported_builders())
+    raise UserError(f"TFDS has no dataset {name!r}" + (f"; did you mean {' or '.join(close[:3])}?" if close else ".")
+                    + " Set --config.data.name to a name of the TFDS catalog (mnist, fashion_mnist, kmnist, "
+                    "emnist/letters, cifar10, svhn_cropped, ...), or use data.source='npz' for your own images.") from e
+  except (ValueError, AssertionError) as e:  # an unknown builder config or version
+    reason = str(e).split('": ', 1)[-1].split(". ")[0].rstrip(".")
+    configs = [c.name for c in getattr(tfds.builder_cls(name.split(":")[0].split("/")[0]), "BUILDER_CONFIGS", [])]
+    raise UserError(f"TFDS cannot build {name!r}: {reason}. Give --config.data.name as NAME[/CONFIG][:VERSION]"
+                    + (f"; its configs: {', '.join(configs)}." if configs else ".")) from e
+  image = builder.info.features["image"] if "image" in builder.info.features else None
+  if not (isinstance(image, tfds.features.Image) and len(image.shape) == 3 and None not in image.shape
+          and image.np_dtype == np.uint8):
+    raise UserError(f"TFDS dataset {name!r} has no 'image' feature of fixed-size uint8 images [H, W, C] (its "
+                    f"features: {', '.join(builder.info.features)}); jaxae reads image datasets such as mnist or "
+                    "cifar10. Save other images as an .npz and use data.source='npz'.")
+  return builder
+
+
+def load_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
+              download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] uint8 and labels [N] (-1 without a `label` feature) of the TFDS dataset `name`
+  (see `tfds_builder`), all in one batch, in TFDS's order."""
+  tfds = _tfds()
+  builder = tfds_builder(name, data_dir)
+  if builder.info.splits and split not in builder.info.splits:
+    raise UserError(f"TFDS dataset {name!r} has no {split!r} split (its splits: {', '.join(builder.info.splits)}); "
+                    "jaxae trains on 'train' and evaluates on 'test'. Use data.source='npz' to choose your own.")
+  try:
+    if download:
+      builder.download_and_prepare()
+    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  except Exception as e:  # a missing dataset or a failed download surface as many exception types
+    where = str(builder.data_dir_root)
+    problem = (f"TFDS dataset {name!r} is not in the TFDS data dir {where!r}" if not download else
+               f"Could not load {name!r} through TFDS into {where!r} ({type(e).__name__}: "
+               f"{' '.join(str(e).split())[:300]})")
+    raise UserError(
+        f"{problem}. With network access nothing is needed: leave --config.data.download=True and "
+        "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
+        f"holds {builder.info.full_name} prepared by TFDS (this project's shared/data/tfds holds mnist).") from e
+  labels = ds["label"] if "label" in ds and ds["label"].ndim == 1 else np.full(len(ds["image"]), NO_LABEL)
+  return ds["image"], labels
+
+
+def cache_dir() -> str:
+  """Where decoded datasets are kept between runs: JAXAE_CACHE_DIR, else ~/.cache/jaxae."""
+  return os.environ.get("JAXAE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxae")
+
+
+def _fingerprint(folder: str) -> str:
+  """A digest of every file's path, size and modification time under `folder` ("" when it does not exist)."""
+  if not os.path.isdir(folder):
+    return ""
+  stats = sorted((os.path.relpath(os.path.join(d, f), folder), st.st_size, st.st_mtime_ns)
+                 for d, _, files in os.walk(folder) for f in files for st in [os.stat(os.path.join(d, f))])
+  return hashlib.sha256(repr(stats).encode()).hexdigest()[:20]
+
+
+def cached_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
+                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """`load_tfds`, with the decoded arrays kept in `cache_dir()` for the next run (TFDS decodes every PNG on
+  each load). The copy is named by the dataset (name, config, version) and keyed by a fingerprint of its
+  prepared files (paths, sizes, times) in <data_dir>/<name>/<config>/<version>, so it is read again when
+  they change; without a prepared copy on disk nothing is cached."""
+  builder = tfds_builder(name, data_dir)
+  folder, stem = str(builder.data_dir), f"tfds-{builder.info.full_name.replace('/', '-')}-{split}"
+  key = _fingerprint(folder)
+  path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
+  if key and os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return f["images"], f["labels"]
+    except (OSError, ValueError, KeyError):  # a damaged copy: decode again below
+      pass
+  images, labels = load_tfds(split, name=name, data_dir=data_dir, download=download)
+  key = _fingerprint(folder)  # a download may have just prepared it
+  if key:
+    path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
+    try:
+      os.makedirs(cache_dir(), exist_ok=True)
+      with open(path + f".tmp{os.getpid()}", "wb") as f:
+        np.savez(f, images=images, labels=labels)
+      os.replace(path + f".tmp{os.getpid()}", path)
+    except OSError:  # no room or no permission for the cache: it is only a cache
+      pass
+  return images, labels
+
+
+def _npz_keys(path: str) -> list[str]:
+  """The array names in the user's .npz at `path`; UserError when there is none."""
+  if not path:
+    raise UserError("data.source='npz' needs the file: --config.data.path=PATH.npz, saved by np.savez(PATH, "
+                    "train_images=..., test_images=...[, train_labels=..., test_labels=...]).")
+  if not os.path.isfile(path):
+    raise UserError(f"data.path {path!r} does not exist; point --config.data.path at your .npz file.")
+  if not zipfile.is_zipfile(path):
+    raise UserError(f"data.path {path!r} is not an .npz file; write one with np.savez({os.path.basename(path)!r}, "
+                    "train_images=..., test_images=...).")
+  with zipfile.ZipFile(path) as z:
+    return [n.removesuffix(".npy") for n in z.namelist()]
+
+
+def _require(path: str, key: str, keys: Sequence[str]) -> None:
+  if key not in keys:
+    raise UserError(f"{path!r} has no array {key!r} (it holds: {', '.join(keys) or 'nothing'}); save the images "
+                    "with np.savez(PATH, train_images=..., test_images=...).")
+
+
+def _image_shape(shape: Sequence[int], where: str) -> tuple[int, int, int]:
+  """(H, W, C) of one image of an array of `shape` [N, H, W, C] or [N, H, W] (C = 1)."""
+  if len(shape) not in (3, 4) or not shape[0]:
+    raise UserError(f"{where} has shape {tuple(shape)}; give at least one image, as [N, H, W, C] or [N, H, W] "
+                    "(one channel).")
+  return (int(shape[1]), int(shape[2]), int(shape[3]) if len(shape) == 4 else 1)
+
+
+def npz_image_shape(path: str) -> tuple[int, int, int]:
+  """(H, W, C) of the test images of the user's .npz at `path`, from the array's header (no data read)."""
+  _require(path, "test_images", _npz_keys(path))
+  with zipfile.ZipFile(path) as z, z.open("test_images.npy") as f:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape = read(f)[0]
+  return _image_shape(shape, f"{path}: test_images")
+
+
+def load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] and labels [N] of one split of the user's .npz at `path`.
+
+  Args:
+    path: an .npz with arrays `train_images` and `test_images`, each [N, H, W, C] or [N, H, W] (one
+      channel), uint8 (0-255) or float in [0, 1]; optional `train_labels` and `test_labels`, integer [N].
+    split: "train" or "test".
+
+  Returns:
+    The images as stored (C = 1 added to [N, H, W]) and the labels (-1 when the split has none).
+  """
+  keys, where = _npz_keys(path), f"{path}: {split}_images"
+  _require(path, f"{split}_images", keys)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      images = f[f"{split}_images"]
+      labels = f[f"{split}_labels"] if f"{split}_labels" in keys else None
+  except (ValueError, zipfile.BadZipFile) as e:  # object arrays (pickled) and damaged members
+    raise UserError(f"{path!r} cannot be read as arrays ({e}); save numeric arrays with np.savez.") from e
+  shape = _image_shape(images.shape, where)
+  if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+    raise UserError(f"{where} are {images.dtype}; give uint8 images (0-255) or float images in [0, 1] "
+                    "(e.g. images.astype(np.float32) / 255).")
+  if images.dtype != np.uint8:
+    finite = images[np.isfinite(images)]  # NaN and Inf are refused after scaling, with their count
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+      raise UserError(f"{where} are floats in [{finite.min():g}, {finite.max():g}]; float images must be in "
+                      "[0, 1] (divide uint8 images by 255, or save them as uint8).")
+  if labels is None:
+    labels = np.full(len(images), NO_LABEL)
+  elif labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+    raise UserError(f"{path}: {split}_labels is {labels.dtype} {labels.shape} for {len(images)} images; give one "
+                    "integer label per image, shape [N].")
+  return images.reshape((len(images), *shape)), labels
