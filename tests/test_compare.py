@@ -163,3 +163,11 @@ def test_rifai_chooses_on_the_validation_mean_over_seeds(tmp_path):
   assert "paired over seeds [0, 1, 2]: mean +0.03 points" in text and "per seed +0.10, -0.30, +0.30." in text
   search_cae01 = next(r for r in _rows(text.split("The search")[1]) if r[1] == "contractive = 0.1")
   assert search_cae01[3] == "3 (of 4 done)"
+
+
+def test_rifai_strengths_flag_replaces_a_models_grid_and_refuses_nonsense():
+  values = rifai.parse_strengths(["cae=0.1,0.2", "dae=0.5"])
+  assert values["cae"] == (0.1, 0.2) and values["dae"] == (0.5,) and values["ae_wd"] == rifai.GRID["ae_wd"][1]
+  for spec in ("cae", "ae=0.1", "vae=1", "cae=0.1,x"):  # no '=', a model without strength, unknown, not a number
+    with pytest.raises(rifai.app.UsageError, match="--strengths"):
+      rifai.parse_strengths([spec])
