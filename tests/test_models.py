@@ -1,6 +1,7 @@
 """Model shapes, parameter counts, outputs, registry errors."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -70,6 +71,33 @@ def test_conv_ae_layer_stack_and_param_count(key):
   chex.assert_shape(one, (49,))
   chex.assert_trees_all_close(one, out["code"][0], rtol=1e-4, atol=1e-6)
   assert float(out["code"].min()) >= 0.0  # ReLU code
+
+
+def test_conv_max_pool_matches_reduce_window_in_values_and_gradients(x64, key, monkeypatch):
+  """The conv net's reshape-and-max pooling against flax's nn.max_pool (reduce_window): the same
+  outputs, the same parameter gradients and the same input Jacobian (what the contractive penalty
+  differentiates), in float64 on random inputs; and a different gradient only at a tie between equal
+  positive maxima, which it splits."""
+  from jaxae.models import conv
+  model = models.build("conv", input_shape=(8, 8, 1), param_dtype="float64")
+  k1, k2 = jax.random.split(key)
+  x = jax.random.uniform(k1, (4, 64), jnp.float64)
+  params = model.init(k2, x[0])["params"]
+  loss = lambda p: jnp.sum(model.apply({"params": p}, x)["logits"] ** 2)
+  encode = lambda v: model.apply({"params": params}, v, method="encode")
+  def run():
+    return (model.apply({"params": params}, x), jax.grad(loss)(params), jax.jacfwd(encode)(x[0]),
+            jax.jacrev(encode)(x[0]))
+  now = run()
+  monkeypatch.setattr(conv, "_max_pool", lambda h: nn.max_pool(h, (2, 2), (2, 2)))
+  before = run()
+  assert float(jnp.max(jnp.abs(now[2]))) > 1e-3  # a Jacobian that is not all dead units
+  chex.assert_trees_all_close(now, before, rtol=1e-12, atol=1e-14)
+  tie = jnp.array([3.0, 3.0, 1.0, 0.0]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda h: conv._max_pool(h).sum())(tie)
+  assert float(grad.sum()) == 1.0 and grad.ravel().tolist()[:2] in ([1.0, 0.0], [0.0, 1.0])
+  monkeypatch.undo()
+  chex.assert_trees_all_equal(jax.grad(lambda h: conv._max_pool(h).sum())(tie).ravel(), jnp.array([0.5, 0.5, 0, 0]))
 
 
 def test_vae_samples_from_the_latent_stream_and_uses_mu_without(key):
