@@ -86,8 +86,7 @@ def test_conv_max_pool_matches_reduce_window_in_values_and_gradients(x64, key, m
   loss = lambda p: jnp.sum(model.apply({"params": p}, x)["logits"] ** 2)
   encode = lambda v: model.apply({"params": params}, v, method="encode")
   def run():
-    return (model.apply({"params": params}, x), jax.grad(loss)(params), jax.jacfwd(encode)(x[0]),
-            jax.jacrev(encode)(x[0]))
+    return model.apply({"params": params}, x), jax.grad(loss)(params), jax.jacfwd(encode)(x[0])
   now = run()
   monkeypatch.setattr(conv, "_max_pool", lambda h: nn.max_pool(h, (2, 2), (2, 2)))
   before = run()
