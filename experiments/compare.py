@@ -261,9 +261,9 @@ def sweep_table(rows: list[dict], missing: list[str]) -> str:
   table = markdown(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
                    [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
                      f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
-  same = {r["setting"] for r in rows if r["same_for_every_seed"] and not r["metric"].startswith("time/")}
-  same = [s for s in dict.fromkeys(r["setting"] for r in rows) if s in same and all(
-      r["same_for_every_seed"] for r in rows if r["setting"] == s and not r["metric"].startswith("time/"))]
+  results = [r for r in rows if not r["metric"].startswith("time/")]  # an epoch's time differs between runs anyway
+  same = [s for s in dict.fromkeys(r["setting"] for r in results)
+          if all(r["same_for_every_seed"] for r in results if r["setting"] == s)]
   return (table + (f"\n\nNot finished, left out: {', '.join(missing)}." if missing else "")
           + (f"\n\nWarning: every seed of {', '.join(same)} gave the same metrics to the last digit: config.seed "
              "changes nothing in that config (a fixed initialiser, e.g. experiments.initializers:theano_rs123, and "
