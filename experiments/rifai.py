@@ -11,6 +11,7 @@ nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
   python -m experiments.rifai --root runs/rifai --seeds 3    # the search and Table 1 (prints Markdown)
   python -m experiments.rifai --root runs/rifai --seed_list 1 --strengths cae=0.1,0.2 --models cae  # a part
   python -m experiments.compare --rifai runs/rifai           # the tables again, from the files
+  python -m experiments.rifai --root runs/rifai_pre100 --pretrain_epochs 100 --models cae  # longer pretraining
 
 One workdir per (model, strength, seed): ROOT/<model>_<strength>/seed=<k> (config.seed = k: the
 autoencoder's initialisation, its batch order and noise, and the fine-tuning's). Seeds run in turn, every
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import jax
@@ -40,6 +42,8 @@ from jaxae.run import Components, TrainedRun
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
+flags.DEFINE_integer("pretrain_epochs", 0, "Pretraining epochs; 0: the config's 50. Give another --root: a "
+                     "workdir pretrained to 50 epochs and copied there continues to this many.", lower_bound=0)
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
 flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0", "2.0"], "Fine-tuning SGD learning rates searched on "
                   "validation, each the rate at the start, decayed to 0 by a cosine.")
@@ -84,8 +88,10 @@ def record_name(lr: float) -> str:
   return f"finetune_lr{lr:g}.json"
 
 
-def configure(model: str, field: str, value, smoke: bool, seed: int = 0):
+def configure(model: str, field: str, value, smoke: bool, seed: int = 0, pretrain_epochs: int = 0):
   config = rifai_config.get_config(("ae" if model == "mlp" else model) + (",smoke" if smoke else ""))
+  if pretrain_epochs:
+    config.epochs = pretrain_epochs
   if model == "mlp":
     config.epochs = 0
   config.seed = seed
@@ -155,6 +161,13 @@ def pretrain_and_finetune(config, workdir: str, parts: data.Dataset, *, epochs: 
     if os.path.exists(path):
       with open(path, encoding="utf-8") as f:
         records[lr] = json.load(f)
+      done = {k: records[lr]["finetune"].get(k) for k in ("epochs", "batch_size")}
+      done["pretrain_epochs"] = records[lr].get("pretrain_epochs", config.epochs)  # older records: not stored
+      if done != {"epochs": epochs, "batch_size": batch_size, "pretrain_epochs": config.epochs}:
+        raise UserError(f"{path} holds a fine-tuning of {done['epochs']} epochs at batch {done['batch_size']} after "
+                        f"{done['pretrain_epochs']} epochs of pretraining, not the {epochs} at batch {batch_size} "
+                        f"after {config.epochs} asked for; give another --root, or the same --finetune_epochs, "
+                        "--finetune_batch and --pretrain_epochs as before.")
     else:
       todo.append(lr)
   if not todo:
@@ -174,6 +187,7 @@ def pretrain_and_finetune(config, workdir: str, parts: data.Dataset, *, epochs: 
                                progress=lambda r: (bar.update(), bar.set_postfix(valid=r["valid_error"])))
     bar.close()
     records[lr] = {"mean_jacobian_norm": jac_norm, "history": result["history"], "best": result["best"],
+                   "pretrain_epochs": config.epochs,
                    "finetune": {"epochs": epochs, "learning_rate": lr, "schedule": "cosine", "batch_size": batch_size}}
     path = os.path.join(workdir, record_name(lr))
     with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -195,15 +209,20 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   runs = [(seed, model, value) for seed in seeds for model in FLAGS.models for value in strengths[model]]
   parts = splits(FLAGS.smoke)  # read once for every run
-  for i, (seed, model, value) in enumerate(runs):
-    workdir = workdir_of(FLAGS.root, model, value, seed)
-    start = time.time()
-    records = pretrain_and_finetune(configure(model, GRID[model][0], value, FLAGS.smoke, seed), workdir, parts,
-                                    epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
-                                    batch_size=FLAGS.finetune_batch)
-    best = min(records.values(), key=lambda r: r["best"]["valid_error"])["best"]
-    print(f"[{i + 1}/{len(runs)}] {run_name(model, value)} seed={seed}: {time.time() - start:.0f} s, "
-          f"best valid {100 * best['valid_error']:.2f}%", flush=True)
+  try:
+    for i, (seed, model, value) in enumerate(runs):
+      workdir = workdir_of(FLAGS.root, model, value, seed)
+      start = time.time()
+      config = configure(model, GRID[model][0], value, FLAGS.smoke, seed, FLAGS.pretrain_epochs)
+      records = pretrain_and_finetune(config, workdir, parts,
+                                      epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
+                                      batch_size=FLAGS.finetune_batch)
+      best = min(records.values(), key=lambda r: r["best"]["valid_error"])["best"]
+      print(f"[{i + 1}/{len(runs)}] {run_name(model, value)} seed={seed}: {time.time() - start:.0f} s, "
+            f"best valid {100 * best['valid_error']:.2f}%", flush=True)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   from experiments import compare  # pylint: disable=g-import-not-at-top
   print(compare.rifai_tables(FLAGS.root))
 

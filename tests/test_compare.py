@@ -103,6 +103,12 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path, monkeypatch
   rifai.pretrain_and_finetune(rifai.configure("ae", "", None, smoke=True), workdir("ae", None), parts,
                               epochs=2, lrs=[0.1], batch_size=32)
   assert os.path.getmtime(os.path.join(workdir("ae", None), rifai.record_name(0.1))) == before
+  # A record of another fine-tuning length, batch or pretraining length is refused, never passed off as asked.
+  longer = rifai.configure("ae", "", None, smoke=True, pretrain_epochs=3)
+  for config, epochs, batch in ((small("ae", None), 3, 32), (small("ae", None), 2, 16), (longer, 2, 32)):
+    with pytest.raises(rifai.UserError, match="give another --root"):
+      rifai.pretrain_and_finetune(config, workdir("ae", None), parts, epochs=epochs, lrs=[0.1], batch_size=batch)
+  assert longer.epochs == 3 and rifai.configure("mlp", "", None, smoke=True, pretrain_epochs=3).epochs == 0
 
 
 def test_rifai_command_runs_and_prints_table_1(idx_dir, tmp_path):
