@@ -105,16 +105,33 @@ def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
                    "Free space (or fix the permissions) and run the same command to resume from it.")
 
 
+_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left on device", "PERMISSION_DENIED")
+
+
 class _OrbaxErrorsRestated(logging_lib.Filter):
-  """Drops Orbax's own error logs (tracebacks of a failed background save): `write_error` says it once."""
+  """Drops the logs of a failed background save that `write_error` says once: Orbax's errors, and any
+  logger's warning or error (TensorStore's, asyncio's, a thread's) about the write failure itself."""
 
   def filter(self, record: logging_lib.LogRecord) -> bool:
-    return not (record.levelno >= logging_lib.ERROR and "orbax" in record.pathname)
+    if record.levelno >= logging_lib.ERROR and "orbax" in record.pathname:
+      return False
+    if record.levelno < logging_lib.WARNING:
+      return True
+    text = record.getMessage()
+    if record.exc_info:
+      text += logging_lib.Formatter().formatException(record.exc_info)
+    return not any(marker in text for marker in _WRITE_FAILURES)
+
+
+_QUIET = _OrbaxErrorsRestated()
 
 
 def quiet_orbax_errors() -> None:
-  """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands)."""
-  logging_lib.getLogger("absl").addFilter(_OrbaxErrorsRestated())
+  """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands).
+  The filter sits on the handlers, so it also sees records from loggers other than absl's."""
+  for where in {logging_lib.getLogger("absl"), *logging_lib.getLogger().handlers, logging.get_absl_handler()}:
+    if _QUIET not in where.filters:
+      where.addFilter(_QUIET)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = False):

@@ -197,6 +197,34 @@ def tiny_filesystem(tmp_path):
   subprocess.run(["umount", "-l", str(where)], check=False)
 
 
+def test_the_write_failure_is_quieted_from_any_logger_and_nothing_else_is():
+  """A full disk can be reported by Orbax, by TensorStore through asyncio or by a thread; each is dropped at the
+  handlers (the error line says it once), while other warnings and errors still print."""
+  import logging as logging_lib  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  checkpoint.quiet_orbax_errors()
+  checkpoint.quiet_orbax_errors()  # idempotent
+  handler = logging.get_absl_handler()
+  assert handler.filters.count(checkpoint._QUIET) == 1
+
+  def shown(name, level, msg, path="/x/asyncio/base_events.py", exc=None):
+    exc_info = None
+    if exc is not None:
+      try:
+        raise exc
+      except type(exc):
+        exc_info = sys.exc_info()
+    return bool(handler.filter(logging_lib.LogRecord(name, level, path, 1, msg, None, exc_info)))
+
+  full = 'RESOURCE_EXHAUSTED: Error writing "opt_state" in OCDBT database: No space left on device'
+  assert not shown("asyncio", logging_lib.ERROR, "Future exception was never retrieved", exc=ValueError(full))
+  assert not shown("jax", logging_lib.WARNING, full)
+  assert not shown("absl", logging_lib.ERROR, "any text", path="/site-packages/orbax/checkpoint/future.py")
+  assert shown("asyncio", logging_lib.ERROR, "Future exception was never retrieved", exc=ValueError("other"))
+  assert shown("absl", logging_lib.WARNING, "Checkpoint at step 3 is damaged; falling back.")
+  assert shown("absl", logging_lib.INFO, full)  # below warning: the verbosity decides, not this filter
+
+
 def test_a_full_disk_is_one_error_line_and_the_run_resumes(idx_dir, tiny_filesystem):
   """S1's checkpoints (1.4 MB each, Adam's moments included) fill 6 MB at the fourth."""
   workdir = os.path.join(tiny_filesystem, "run")
