@@ -8,6 +8,7 @@ import json
 import logging as logging_lib
 import os
 import socket
+import sys
 import time
 
 import jax
@@ -126,12 +127,25 @@ class _OrbaxErrorsRestated(logging_lib.Filter):
 _QUIET = _OrbaxErrorsRestated()
 
 
+def _quiet_unraisable(unraisable) -> None:
+  """Drops what Python prints at exit about Orbax's abandoned background work after a failed save ("Exception
+  ignored in: <coroutine ...>", "Event loop is closed"): written straight to stderr from any thread, it
+  would cut into the error line. Everything else goes to Python's own hook."""
+  code = getattr(unraisable.object, "cr_code", None)
+  text = f"{unraisable.exc_value!r} {unraisable.object!r} {getattr(code, 'co_filename', '')}"
+  if "Event loop is closed" in text or "orbax" in text or "tensorstore" in text or any(m in text for m in _WRITE_FAILURES):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def quiet_orbax_errors() -> None:
   """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands).
-  The filter sits on the handlers, so it also sees records from loggers other than absl's."""
+  The filter sits on the handlers, so it also sees records from loggers other than absl's; Python's
+  "Exception ignored in" reports of Orbax's abandoned coroutines at exit are dropped too."""
   for where in {logging_lib.getLogger("absl"), *logging_lib.getLogger().handlers, logging.get_absl_handler()}:
     if _QUIET not in where.filters:
       where.addFilter(_QUIET)
+  sys.unraisablehook = _quiet_unraisable
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = False):

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import ml_collections
@@ -197,11 +198,12 @@ def tiny_filesystem(tmp_path):
   subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_the_write_failure_is_quieted_from_any_logger_and_nothing_else_is():
+def test_the_write_failure_is_quieted_from_any_logger_and_nothing_else_is(monkeypatch, capsys):
   """A full disk can be reported by Orbax, by TensorStore through asyncio or by a thread; each is dropped at the
   handlers (the error line says it once), while other warnings and errors still print."""
   import logging as logging_lib  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # pytest's own, put back after
   checkpoint.quiet_orbax_errors()
   checkpoint.quiet_orbax_errors()  # idempotent
   handler = logging.get_absl_handler()
@@ -223,6 +225,14 @@ def test_the_write_failure_is_quieted_from_any_logger_and_nothing_else_is():
   assert shown("asyncio", logging_lib.ERROR, "Future exception was never retrieved", exc=ValueError("other"))
   assert shown("absl", logging_lib.WARNING, "Checkpoint at step 3 is damaged; falling back.")
   assert shown("absl", logging_lib.INFO, full)  # below warning: the verbosity decides, not this filter
+  # What Python writes straight to stderr at exit about Orbax's abandoned coroutines is dropped; the rest is not.
+  monkeypatch.setattr(sys, "__unraisablehook__", lambda u: print(f"shown: {u.exc_value}", file=sys.stderr))
+  unraisable = lambda exc, obj=None: types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                                           err_msg=None, object=obj)
+  sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+  sys.unraisablehook(unraisable(ValueError(full)))
+  sys.unraisablehook(unraisable(ValueError("a bug of the user's")))
+  assert capsys.readouterr().err.strip() == "shown: a bug of the user's"
 
 
 def test_a_full_disk_is_one_error_line_and_the_run_resumes(idx_dir, tiny_filesystem):
