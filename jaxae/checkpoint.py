@@ -91,12 +91,16 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise write_error(manager, e) from e
 
 
+_NO_SPACE, _DENIED = ("No space left", "RESOURCE_EXHAUSTED"), ("Permission denied", "PERMISSION_DENIED")
+_WRITE_FAILURES = _NO_SPACE + _DENIED  # what a failed write's messages say, in Python's words and TensorStore's
+
+
 def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
   """One line for a checkpoint that could not be written: where, why, and the last good one."""
   directory, text = str(manager.directory), " ".join(str(e).split())
-  if "No space left" in text or "RESOURCE_EXHAUSTED" in text or getattr(e, "errno", None) == 28:
+  if any(m in text for m in _NO_SPACE) or getattr(e, "errno", None) == 28:
     cause = "no space left on the device"
-  elif "Permission denied" in text or "PERMISSION_DENIED" in text or isinstance(e, PermissionError):
+  elif any(m in text for m in _DENIED) or isinstance(e, PermissionError):
     cause = "permission denied"
   else:
     cause = f"{type(e).__name__}: {text[:200]}"
@@ -104,9 +108,6 @@ def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
   last = f"the one at step {steps[-1]}, intact" if steps else "none yet"
   return UserError(f"Could not write a checkpoint in {directory!r}: {cause}. The last good checkpoint is {last}. "
                    "Free space (or fix the permissions) and run the same command to resume from it.")
-
-
-_WRITE_FAILURES = ("RESOURCE_EXHAUSTED", "No space left on device", "PERMISSION_DENIED")
 
 
 class _OrbaxErrorsRestated(logging_lib.Filter):
