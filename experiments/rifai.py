@@ -11,12 +11,15 @@ nothing. Mean ||dh/dx||_F is over the test set, exact, before fine-tuning.
   python -m experiments.rifai --root runs/rifai --seeds 3    # the search and Table 1 (prints Markdown)
   python -m experiments.rifai --root runs/rifai --seed_list 1 --strengths cae=0.1,0.2 --models cae  # a part
   python -m experiments.compare --rifai runs/rifai           # the tables again, from the files
-  python -m experiments.rifai --root runs/rifai_pre100 --pretrain_epochs 100 --models cae  # longer pretraining
+  python -m experiments.rifai --root runs/rifai_pre100 --from_root runs/rifai --pretrain_epochs 100 --models cae
+  python -m experiments.rifai --root runs/rifai_ft100 --from_root runs/rifai --finetune_epochs 100 --models cae
 
 One workdir per (model, strength, seed): ROOT/<model>_<strength>/seed=<k> (config.seed = k: the
 autoencoder's initialisation, its batch order and noise, and the fine-tuning's). Seeds run in turn, every
 setting of seed k before seed k + 1; several processes may take different --seed_list. Each run is
-resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.json) is not redone. Over seeds, each
+resumable: a finished pretraining or fine-tuning (finetune_lr<rate>.json) is not redone. --from_root starts
+each run from the same (model, strength, seed) pretrained in another root, copied without its fine-tuning
+records: a probe of longer pretraining continues it, one of other fine-tuning flags pretrains nothing. Over seeds, each
 model's strength, fine-tuning rate and epoch are those of the lowest validation error averaged over the
 seeds (compare.rifai_tables); the test error is given as the mean and its 95% t-interval.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -36,7 +40,7 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.configs import rifai as rifai_config
-from jaxae import analysis, data, finetune, metrics, sweep, train
+from jaxae import analysis, checkpoint, data, finetune, metrics, sweep, train
 from jaxae.errors import UserError
 from jaxae.run import Components, TrainedRun
 
@@ -44,6 +48,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
 flags.DEFINE_integer("pretrain_epochs", 0, "Pretraining epochs; 0: the config's 50. Give another --root: a "
                      "workdir pretrained to 50 epochs and copied there continues to this many.", lower_bound=0)
+flags.DEFINE_string("from_root", "", "Start each run from the same model, strength and seed pretrained in this "
+                    "root: copied into --root without its fine-tuning records, unless --root has it already.")
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
 flags.DEFINE_list("finetune_lrs", ["0.1", "0.5", "1.0", "2.0"], "Fine-tuning SGD learning rates searched on "
                   "validation, each the rate at the start, decayed to 0 by a cosine.")
@@ -86,6 +92,20 @@ def parse_strengths(specs: list[str]) -> dict[str, tuple]:
 def record_name(lr: float) -> str:
   """The fine-tuning record of one rate, in the pretrained run's workdir."""
   return f"finetune_lr{lr:g}.json"
+
+
+def copy_pretrained(source: str, workdir: str) -> None:
+  """Copies the pretrained run in `source` to `workdir` (if not there yet), leaving out its fine-tuning
+  records, lock and temporary files; the copy appears whole or not at all."""
+  if os.path.exists(workdir):
+    return
+  if not os.path.exists(os.path.join(source, metrics.METRICS_FILE)):
+    raise UserError(f"--from_root: {source!r} holds no pretrained run (no {metrics.METRICS_FILE}); pretrain it there "
+                    "first, or leave out --from_root.")
+  partial = workdir + ".copying"
+  shutil.rmtree(partial, ignore_errors=True)  # left by a killed copy
+  shutil.copytree(source, partial, ignore=shutil.ignore_patterns("finetune_lr*.json", "*.tmp", checkpoint.LOCK_FILE))
+  os.replace(partial, workdir)
 
 
 def configure(model: str, field: str, value, smoke: bool, seed: int = 0, pretrain_epochs: int = 0):
@@ -214,6 +234,8 @@ def main(argv):
       workdir = workdir_of(FLAGS.root, model, value, seed)
       start = time.time()
       config = configure(model, GRID[model][0], value, FLAGS.smoke, seed, FLAGS.pretrain_epochs)
+      if FLAGS.from_root and config.epochs:  # the MLP has nothing pretrained to copy
+        copy_pretrained(workdir_of(FLAGS.from_root, model, value, seed), workdir)
       records = pretrain_and_finetune(config, workdir, parts,
                                       epochs=1 if FLAGS.smoke else FLAGS.finetune_epochs, lrs=lrs,
                                       batch_size=FLAGS.finetune_batch)

@@ -123,6 +123,22 @@ def test_rifai_command_runs_and_prints_table_1(idx_dir, tmp_path):
   assert os.path.exists(tmp_path / "ae" / "seed=0" / rifai.record_name(0.5))
   assert "[1/2] ae seed=0:" in proc.stdout and "[2/2] mlp seed=0:" in proc.stdout
 
+  # --from_root: the pretrained run copied into the new root (not trained again), without its records.
+  other = tmp_path / "other"
+  again = subprocess.run([sys.executable, "-m", "experiments.rifai", "--smoke", f"--root={other}",
+                          f"--from_root={tmp_path}", "--models=ae,mlp", "--finetune_lrs=0.1", "--seeds=1"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  copied, source = other / "ae" / "seed=0", tmp_path / "ae" / "seed=0"
+  assert (copied / "metrics.jsonl").read_bytes() == (source / "metrics.jsonl").read_bytes()  # no epoch retrained
+  assert os.path.exists(copied / rifai.record_name(0.1)) and not os.path.exists(copied / rifai.record_name(0.5))
+  assert sorted(os.listdir(copied / "checkpoints")) == sorted(os.listdir(source / "checkpoints"))
+  missing = subprocess.run([sys.executable, "-m", "experiments.rifai", "--smoke", f"--root={tmp_path / 'third'}",
+                            f"--from_root={tmp_path / 'nowhere'}", "--models=ae", "--seeds=1"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600, check=False)
+  assert missing.returncode == 2 and "error: --from_root:" in missing.stderr and "holds no pretrained run" in \
+      missing.stderr, missing.stderr[-3000:]
+
 
 def _fake_record(valid: list[float], test: list[float], lr: float, norm: float = 1.0) -> dict:
   history = [{"epoch": i + 1, "train_loss": 0.0, "valid_error": v, "test_error": t}
