@@ -46,8 +46,8 @@ from jaxae.run import Components, TrainedRun
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model and strength.")
-flags.DEFINE_integer("pretrain_epochs", 0, "Pretraining epochs; 0: the config's 50. Give another --root: a "
-                     "workdir pretrained to 50 epochs and copied there continues to this many.", lower_bound=0)
+flags.DEFINE_integer("pretrain_epochs", 0, "Pretraining epochs; 0: the config's 50. Give another --root; with "
+                     "--from_root, the runs pretrained to 50 epochs there continue to this many.", lower_bound=0)
 flags.DEFINE_string("from_root", "", "Start each run from the same model, strength and seed pretrained in this "
                     "root: copied into --root without its fine-tuning records, unless --root has it already.")
 flags.DEFINE_integer("finetune_epochs", 30, "Fine-tuning epochs (the best on validation is kept).")
