@@ -35,10 +35,9 @@ import keras
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from tqdm.auto import tqdm
 
 from experiments import configs
-from jaxae import data, parallel, train
+from jaxae import data, loop, parallel
 from jaxae.metrics import mean_metrics
 from jaxae.run import Components
 
@@ -57,30 +56,21 @@ class Trainer:
 
 
 def jaxae_trainer(config: ml_collections.ConfigDict, dataset: data.Dataset) -> Trainer:
-  """jaxae's trainer, epoch by epoch as `train.train_and_evaluate` runs it (same keys, chunks, scans)."""
-  parts = Components.from_config(config, dataset=dataset)
-  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
+  """jaxae's trainer, epoch by epoch as `loop.fit` runs it (the same program: keys, chunks, scans)."""
+  components = Components.from_config(config, dataset=dataset)
   mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, config.num_devices))
-  state = parallel.replicate(train.create_state(init_key, parts.model, parts.tx, dataset.train.x[0]), mesh)
-  train_x, test_x = parallel.replicate((dataset.train.x, dataset.test.x), mesh)
-  chunk = train.make_train_chunk(train.make_train_step(parts.model, parts.loss_fn, parts.corrupt,
-                                                       compute_dtype=config.compute_dtype),
-                                 mesh, unroll=config.scan_unroll)
-  evaluate = train.make_eval(parts.model, parts.loss_fn, batch_size=min(config.eval_batch_size, test_x.shape[0]),
-                             key=eval_key, corrupt=parts.corrupt, mesh=mesh)
-  n_train = train_x.shape[0]
-  holder = {"state": state, "epoch": 0}
+  program = loop.build(components, mesh)
+  holder = {"state": program.state, "epoch": 0}
 
   def epoch():
-    idx = data.epoch_indices(data_key, holder["epoch"], n_train, config.batch_size, shuffle=config.shuffle)
-    with tqdm(total=idx.shape[0], disable=True) as bar:
-      state, steps = train.run_steps(chunk, holder["state"], train_x, idx, step_key,
-                                     chunk_steps=config.chunk_steps, bar=bar)
+    state, steps = loop.run_steps(program.chunk, holder["state"], program.train_x,
+                                  program.epoch_indices(holder["epoch"]), program.step_key,
+                                  chunk_steps=config.chunk_steps)
     mean_metrics(steps)  # the trainer's epoch record
     holder["state"], holder["epoch"] = jax.block_until_ready(state), holder["epoch"] + 1
 
-  num_params = sum(p.size for p in jax.tree_util.tree_leaves(state.params))
-  return Trainer(num_params, epoch, lambda: evaluate(holder["state"].params, test_x)["loss"])
+  num_params = sum(p.size for p in jax.tree_util.tree_leaves(program.state.params))
+  return Trainer(num_params, epoch, lambda: program.evaluate(holder["state"].params, program.test_x)["loss"])
 
 
 def keras_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> keras.Model:
@@ -174,7 +164,7 @@ def main(argv):
   for system in FLAGS.systems:
     config = configs.load(f"keras.py:{system}")
     config.data.train_subset = FLAGS.train_subset
-    dataset = data.load(config.data, dtype=jnp.float32)
+    dataset = data.load_dataset(dtype=jnp.float32, **config.data.to_dict())
     r = bench(system, config, dataset, FLAGS.epochs)
     if r["params"][0] != r["params"][1]:
       raise SystemExit(f"{system}: jaxae's net has {r['params'][0]} parameters, Keras' {r['params'][1]}.")

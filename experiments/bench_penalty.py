@@ -40,7 +40,7 @@ NETS = {
 
 def image_shape(spec: str) -> tuple[int, ...]:
   """The shape of one image of the dataset the config `spec` reads (from the dataset's metadata)."""
-  return data.example_shape(configs.load(spec).data)
+  return data.example_shape(**configs.load(spec).data.to_dict())
 
 
 def make_model(name: str):
@@ -48,7 +48,7 @@ def make_model(name: str):
   _, spec, changes = NETS[name]
   config = configs.load(spec)
   fields = {k: v for k, v in {**config.model.kwargs.to_dict(), **changes}.items() if v is not None}
-  return models.build(config.model.name, input_shape=data.example_shape(config.data), **fields)
+  return models.build(config.model.name, input_shape=data.example_shape(**config.data.to_dict()), **fields)
 
 
 def modes(one_layer: bool, examples_per_pass: int = 0):

@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import configs
-from jaxae import data, parallel, train
+from jaxae import data, loop, parallel, train
 from jaxae.run import Components
 
 flags.DEFINE_list("configs", ["undercomplete.py", "sparse.py:l1", "vae.py:bernoulli", "keras.py:dense",
@@ -112,7 +112,7 @@ def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile:
   steps = config.chunk_steps if config.scan_unroll > 1 else steps
   key = jax.random.PRNGKey(0)
   batch = config.batch_size
-  shape = tuple(map(int, FLAGS.image_shape)) if FLAGS.image_shape else data.example_shape(config.data)
+  shape = tuple(map(int, FLAGS.image_shape)) if FLAGS.image_shape else data.example_shape(**config.data.to_dict())
   parts = Components.from_config(config, dataset=data.synthetic(key, shape, n_train=steps * batch))
   model, x = parts.model, parts.data.train.x
   state = train.create_state(key, model, parts.tx, x[0])
@@ -181,8 +181,8 @@ def s5_overhead(dtype: str, repeats: int) -> dict:
   for epochs in (1, 1, 3):  # the first run warms the compilation caches and is overwritten
     config.epochs = epochs
     with tempfile.TemporaryDirectory() as workdir:
-      totals[epochs] = seconds(lambda: train.train_and_evaluate(config, workdir,
-                                                                parts=Components.from_config(config, dataset=dataset)))
+      totals[epochs] = seconds(lambda: loop.train_and_evaluate(
+          config, workdir, components=Components.from_config(config, dataset=dataset)))
   epoch_s = (totals[3] - totals[1]) / 2
   with jax.enable_x64(dtype == "float64"):
     x = dataset.train.x

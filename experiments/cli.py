@@ -1,11 +1,16 @@
-"""Flag parsing shared by the commands that take --config (main, sweep): bad flags in one line, no traceback."""
+"""What the commands share and the library never does: flag parsing with bad flags in one line, and the
+changes to the process (log filters, the unraisable hook, one voice in a multi-process run)."""
 
+import logging as logging_lib
 import os
 import re
 import sys
 
-from absl import flags
+import jax
+from absl import flags, logging
 from ml_collections import config_flags
+
+from jaxae import checkpoint, parallel
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -34,3 +39,56 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"error: could not load the config ({type(e).__name__}: {' '.join(str(e).split())}). Pass "
           "--config=experiments/configs/NAME.py with an existing config file.", file=sys.stderr)
   sys.exit(2)
+
+
+class _OrbaxErrorsRestated(logging_lib.Filter):
+  """Drops the logs of a failed background save that `write_error` says once: Orbax's errors, and any
+  logger's warning or error (TensorStore's, asyncio's, a thread's) about the write failure itself."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    if record.levelno >= logging_lib.ERROR and "orbax" in record.pathname:
+      return False
+    if record.levelno < logging_lib.WARNING:
+      return True
+    text = record.getMessage()
+    if record.exc_info:
+      text += logging_lib.Formatter().formatException(record.exc_info)
+    return not any(marker in text for marker in checkpoint.WRITE_FAILURES)
+
+
+_QUIET = _OrbaxErrorsRestated()
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """Drops what Python prints at exit about Orbax's abandoned background work after a failed save ("Exception
+  ignored in: <coroutine ...>", "Event loop is closed"): written straight to stderr from any thread, it
+  would cut into the error line. Everything else goes to Python's own hook."""
+  code = getattr(unraisable.object, "cr_code", None)
+  text = f"{unraisable.exc_value!r} {unraisable.object!r} {getattr(code, 'co_filename', '')}"
+  if "Event loop is closed" in text or "orbax" in text or "tensorstore" in text or any(m in text for m in checkpoint.WRITE_FAILURES):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def quiet_orbax_errors() -> None:
+  """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands).
+  The filter sits on the handlers, so it also sees records from loggers other than absl's; Python's
+  "Exception ignored in" reports of Orbax's abandoned coroutines at exit are dropped too."""
+  for where in {logging_lib.getLogger("absl"), *logging_lib.getLogger().handlers, logging.get_absl_handler()}:
+    if _QUIET not in where.filters:
+      where.addFilter(_QUIET)
+  sys.unraisablehook = _quiet_unraisable
+
+
+def start_command(*, distributed: bool = False) -> None:
+  """What a command does to its process before any work: quiet logs (warnings and errors only), a failed
+  checkpoint write in one error line, and with `distributed` the run's processes joined
+  (jaxae.parallel.initialize_distributed, may raise UserError) with only process 0 printing to stdout."""
+  logging.set_verbosity(logging.WARNING)
+  quiet_orbax_errors()
+  if distributed:
+    parallel.initialize_distributed()
+    if jax.process_index() != 0:  # one voice: errors still reach stderr
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, 1)
+      sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with

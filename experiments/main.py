@@ -8,11 +8,11 @@ import os
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import parse_flags
-from jaxae import checkpoint, parallel, report, run, train
+from experiments.cli import parse_flags, start_command
+from jaxae import loop, parallel, report, run
 from jaxae.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
@@ -24,20 +24,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
-  checkpoint.quiet_orbax_errors()  # a failed save ends in one error line, not Orbax's tracebacks
   workdir = flags.FLAGS.workdir
   config = flags.FLAGS.config
   try:
-    parallel.initialize_distributed()  # several hosts: when JAX_COORDINATOR_ADDRESS is set
-    train.check_run(config, workdir)  # what needs no data first
-    parts = run.Components.from_config(config)  # the data read once, for training and figures
-    state = train.train_and_evaluate(config, workdir, parts=parts)
+    start_command(distributed=True)  # several hosts: when JAX_COORDINATOR_ADDRESS is set
+    loop.check_run(config, workdir)  # what needs no data first
+    components = run.Components.from_config(config)  # the data read once, for training and figures
+    state = loop.fit(components, workdir)
     if not parallel.is_main_process():  # process 0 draws the figures
       return
     params = jax.device_get(state.params)  # a full copy on this host: the figures are drawn here alone
-    paths = report.make_figures(run.TrainedRun(workdir, parts, params, int(state.step)))
-  except train.Preempted as e:  # the state is saved; nothing else fits in the grace period
+    paths = report.make_figures(run.TrainedRun(workdir, components, params, int(state.step)))
+  except loop.Preempted as e:  # the state is saved; nothing else fits in the grace period
     print(e)
     return
   except (UserError, FloatingPointError) as e:

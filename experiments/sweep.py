@@ -14,11 +14,11 @@ be (tuples in parentheses: --grid model.kwargs.encoder_features="(64,3),(128,3)"
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments.cli import parse_flags
-from jaxae import checkpoint, sweep, train
+from experiments.cli import parse_flags, start_command
+from jaxae import loop, sweep
 from jaxae.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Base config file (experiments/configs/*.py) of every run.",
@@ -35,8 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
-  checkpoint.quiet_orbax_errors()
+  start_command()
   try:
     seeds = sweep.parse_seeds(FLAGS.seeds, FLAGS.seed_list)
     grid = sweep.parse_grid(FLAGS.grid, FLAGS.config)
@@ -44,7 +43,7 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except train.Preempted as e:
+  except loop.Preempted as e:
     print(e)
     return
   if failed:

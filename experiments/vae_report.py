@@ -29,7 +29,7 @@ def checkpoint_params(run: TrainedRun) -> dict[int, dict]:
   manager = checkpoint.make_manager(os.path.join(run.workdir, "checkpoints"))
   try:
     with run.precision():
-      like = train.create_state(jax.random.PRNGKey(0), run.model, run.parts.tx, run.data.train.x[0])
+      like = train.create_state(jax.random.PRNGKey(0), run.model, run.components.tx, run.data.train.x[0])
       kept = {}
       for step in sorted(manager.all_steps()):
         try:

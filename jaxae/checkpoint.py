@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging as logging_lib
 import os
 import socket
-import sys
 import time
 
 import jax
@@ -18,14 +16,6 @@ from jax.experimental import multihost_utils
 from absl import logging
 
 from jaxae.errors import UserError
-
-# Config fields a resumed run may change: how long it runs and how it logs and saves, not what it computes.
-RESUMABLE_CHANGES = ("epochs", "checkpoint_every_epochs", "keep_checkpoints", "chunk_steps", "eval_batch_size",
-                     "log_first_steps", "allow_config_change", "data.data_dir", "data.download", "num_devices", "scan_unroll",
-                     "start_over_if_damaged")
-# Config fields added since runs were saved whose default is not an "off" value: the value those runs had.
-ADDED_FIELDS = {"data.name": "mnist"}
-
 
 LOCK_FILE = ".lock"
 
@@ -92,7 +82,7 @@ def finish(manager: ocp.CheckpointManager) -> None:
 
 
 _NO_SPACE, _DENIED = ("No space left", "RESOURCE_EXHAUSTED"), ("Permission denied", "PERMISSION_DENIED")
-_WRITE_FAILURES = _NO_SPACE + _DENIED  # what a failed write's messages say, in Python's words and TensorStore's
+WRITE_FAILURES = _NO_SPACE + _DENIED  # what a failed write's messages say, in Python's words and TensorStore's
 
 
 def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
@@ -108,45 +98,6 @@ def write_error(manager: ocp.CheckpointManager, e: Exception) -> UserError:
   last = f"the one at step {steps[-1]}, intact" if steps else "none yet"
   return UserError(f"Could not write a checkpoint in {directory!r}: {cause}. The last good checkpoint is {last}. "
                    "Free space (or fix the permissions) and run the same command to resume from it.")
-
-
-class _OrbaxErrorsRestated(logging_lib.Filter):
-  """Drops the logs of a failed background save that `write_error` says once: Orbax's errors, and any
-  logger's warning or error (TensorStore's, asyncio's, a thread's) about the write failure itself."""
-
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    if record.levelno >= logging_lib.ERROR and "orbax" in record.pathname:
-      return False
-    if record.levelno < logging_lib.WARNING:
-      return True
-    text = record.getMessage()
-    if record.exc_info:
-      text += logging_lib.Formatter().formatException(record.exc_info)
-    return not any(marker in text for marker in _WRITE_FAILURES)
-
-
-_QUIET = _OrbaxErrorsRestated()
-
-
-def _quiet_unraisable(unraisable) -> None:
-  """Drops what Python prints at exit about Orbax's abandoned background work after a failed save ("Exception
-  ignored in: <coroutine ...>", "Event loop is closed"): written straight to stderr from any thread, it
-  would cut into the error line. Everything else goes to Python's own hook."""
-  code = getattr(unraisable.object, "cr_code", None)
-  text = f"{unraisable.exc_value!r} {unraisable.object!r} {getattr(code, 'co_filename', '')}"
-  if "Event loop is closed" in text or "orbax" in text or "tensorstore" in text or any(m in text for m in _WRITE_FAILURES):
-    return
-  sys.__unraisablehook__(unraisable)
-
-
-def quiet_orbax_errors() -> None:
-  """Lets a failed checkpoint write end in one error line instead of Orbax's tracebacks (for commands).
-  The filter sits on the handlers, so it also sees records from loggers other than absl's; Python's
-  "Exception ignored in" reports of Orbax's abandoned coroutines at exit are dropped too."""
-  for where in {logging_lib.getLogger("absl"), *logging_lib.getLogger().handlers, logging.get_absl_handler()}:
-    if _QUIET not in where.filters:
-      where.addFilter(_QUIET)
-  sys.unraisablehook = _quiet_unraisable
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, *, start_over: bool = False):
@@ -242,9 +193,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> None:
+def refuse_changed_config(workdir: str, config_json: str, *, allow: bool, resumable=()) -> None:
   """Raises UserError when `workdir` holds checkpoints of a run whose config.json differs from
-  `config_json` in a field outside RESUMABLE_CHANGES (unless `allow`); the message lists old -> new."""
+  `config_json` in a field outside `resumable` (dotted names; unless `allow`); the message lists old -> new."""
   path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
   has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
   if allow or not os.path.exists(path) or not has_checkpoint:
@@ -257,10 +208,8 @@ def refuse_changed_config(workdir: str, config_json: str, *, allow: bool) -> Non
                     "If this is the command that trained it, add --config.allow_config_change=True: it rewrites "
                     "config.json and resumes from the checkpoints.") from e
   new = _flatten(json.loads(config_json))
-  # A field the old run did not have yet, set to an "off" value ("", 0, False), is the behaviour it ran with.
-  old_value = lambda k: old.get(k, ADDED_FIELDS.get(k))
-  changed = [f"{k}: {old_value(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k not in RESUMABLE_CHANGES and old_value(k) != new.get(k) and (k in old or new.get(k))]
+  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in resumable and old.get(k) != new.get(k)]
   if changed:
     raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
                     "or pass --config.allow_config_change=True to resume it with the new values.")

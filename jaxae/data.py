@@ -1,19 +1,9 @@
-"""Datasets into device arrays (any TFDS image dataset, the MNIST IDX files, or your own .npz), preprocessing,
-and per-epoch batch indices.
-
-`load(config.data)` returns a `Dataset`: the splits, the shape of one image and how to draw it. Nothing
-else in jaxae knows what the images are. Every source (read in jaxae.sources) yields raw images [N, H, W, C]
-(uint8, or float in [0, 1] from an .npz) and labels [N] (-1 when the data has none); one path subsets,
-converts and scales them.
-"""
+"""Datasets into device arrays: the raw images of a registered source (jaxae.sources), preprocessed; batch indices."""
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import math
-import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,7 +15,6 @@ from jaxae import sources
 from jaxae.errors import UserError
 
 SCALINGS = ("unit", "unit256", "symmetric", "centered")
-SOURCES = ("tfds", "idx", "npz")
 LUMA = (299, 587, 114)  # ITU-R BT.601 luma weights of R, G, B, in thousandths
 
 
@@ -115,62 +104,30 @@ class Dataset:
     return (np.asarray(x, np.float64).reshape(-1, self.size) + self.offset).reshape((-1, *self.image_shape))
 
 
-_LOADED: dict[str, Dataset] = {}  # the last datasets loaded in this process, by what they were loaded from
-_KEEP = 2
-
-
-def load(data_config, *, dtype=jnp.float32) -> Dataset:
-  """The dataset that a config's `data` section describes (see experiments/configs/default.py).
-
-  The last two datasets loaded stay in memory: scripts that open several runs of the same data (reports,
-  comparisons, sweeps) read it once per process. Their arrays are immutable, so sharing them is safe.
-  """
-  d = data_config
-  key = json.dumps([d.to_dict(), jnp.dtype(dtype).name, os.environ.get("TFDS_DATA_DIR"),
-                    os.environ.get("JAXAE_IDX_DIR")], sort_keys=True, default=str)
-  if key not in _LOADED:
-    while len(_LOADED) >= _KEEP:
-      _LOADED.pop(next(iter(_LOADED)))
-    _LOADED[key] = _load(d, dtype)
-  return _LOADED[key]
-
-
-def _load(d, dtype) -> Dataset:
-  # .get: configs of runs saved before a field existed lack it
-  return load_dataset(source=d.source, name=d.get("name", "mnist"), path=d.get("path", ""), scaling=d.scaling,
-                      grayscale=d.get("grayscale", False), train_subset=d.train_subset, test_subset=d.test_subset,
-                      data_dir=d.data_dir, download=d.download, train_classes=tuple(d.get("train_classes", ())),
-                      dtype=dtype)
-
-
 def load_mnist(**kwargs) -> dict[str, Split]:
   """The splits of `load_dataset(**kwargs)`."""
   return load_dataset(**kwargs).splits
 
 
-def check_source(source: str, name: str) -> None:
-  """UserError for an unknown source, and for source "idx" (the MNIST IDX files) with another dataset's name."""
-  if source not in SOURCES:
-    raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}.")
-  if source == "idx" and name != "mnist":
-    raise UserError(f"data.source='idx' reads the MNIST IDX files only, and data.name is {name!r}; use "
-                    f"--config.data.source=tfds for {name}, or source=npz with data.path for your own images.")
+def check_source(source: str) -> None:
+  """UserError for a source no reader is registered as (see `jaxae.sources.register`)."""
+  sources.get(source)
 
 
 def read_split(source: str, split: str, *, name: str = "mnist", path: str = "", data_dir: str = "",
                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """Raw images [N, H, W, C] (uint8, or float in [0, 1] from an .npz) and labels [N] of one split."""
-  check_source(source, name)
-  if source == "tfds":
-    return sources.cached_tfds(split, name=name, data_dir=data_dir or None, download=download)
-  if source == "npz":
-    return sources.load_npz(path, split)
-  directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
-  if not directory:
-    raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
-                    "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
-  images, labels = sources.load_idx(directory, split)
-  return images[..., None], labels  # one channel
+  """Raw images [N, H, W, C] (uint8, or float in [0, 1]) and labels [N] of one split, from the reader
+  registered as `source`; UserError when it returns anything else."""
+  read = sources.get(source).read
+  images, labels = read(split, name=name, path=path, data_dir=data_dir, download=download)
+  images, labels = np.asarray(images), np.asarray(labels)
+  if (images.ndim != 4 or not (images.dtype == np.uint8 or np.issubdtype(images.dtype, np.floating))
+      or labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer)):
+    where = f"{getattr(read, '__module__', '?')}.{getattr(read, '__qualname__', read)}"
+    raise UserError(f"The reader of data.source={source!r} ({where}) returned {split} images {images.dtype} "
+                    f"{images.shape} and labels {labels.dtype} {labels.shape}; it must return images [N, H, W, C], "
+                    f"uint8 (0-255) or float in [0, 1], and labels [N] int ({sources.NO_LABEL} without labels).")
+  return images, labels
 
 
 def keep_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +151,14 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
                  download: bool = True, train_classes: Sequence[int] = (), dtype=jnp.float32) -> Dataset:
   """Both splits, preprocessed, as device arrays, with their image shape.
 
+  Takes the config's data fields as keywords: `load_dataset(dtype=..., **config.data.to_dict())`.
+
   Args:
-    source: "tfds" (the TFDS dataset `name`, TFDS's order), "idx" (the MNIST IDX files in file order,
-      from `data_dir` or JAXAE_IDX_DIR) or "npz" (your own arrays at `path`, see `sources.load_npz`).
+    source: a name registered in `jaxae.sources.SOURCES`: "tfds" (the TFDS dataset `name`, TFDS's order),
+      "idx" (the MNIST IDX files in file order, from `data_dir` or JAXAE_IDX_DIR), "npz" (your own arrays at
+      `path`, see `sources.npz_split`), or your own (`sources.register`).
     name: TFDS dataset, "NAME[/CONFIG][:VERSION]" (source "tfds"; "idx" is MNIST only).
-    path: the .npz file (source "npz").
+    path: the .npz file (source "npz"), or what your own source reads.
     scaling: see `scale`; "centered" subtracts the mean of the (subset of the) training images.
     grayscale: RGB images to one channel (see `to_grayscale`), before scaling.
     train_subset, test_subset: keep the first N examples of the split (0 keeps all).
@@ -249,25 +209,16 @@ def synthetic(key: jax.Array, image_shape: Sequence[int], *, n_train: int, n_tes
                  shape)
 
 
-def example_shape(data_config) -> tuple[int, int, int]:
-  """(H, W, C) of one image of the dataset `data_config` names, read from its metadata, not its images."""
-  d = data_config
-  check_source(d.source, d.get("name", "mnist"))
-  if d.source == "npz":
-    shape = sources.npz_image_shape(d.get("path", ""))
-  elif d.source == "idx":
-    directory = d.data_dir or os.environ.get("JAXAE_IDX_DIR", "")
-    stem = os.path.join(directory, sources.IDX_FILES["test"][0])
-    path = next((p for p in (stem + ".gz", stem) if os.path.exists(p)), None)
-    if path is None:
-      raise UserError(f"MNIST IDX file {stem}(.gz) not found; point --config.data.data_dir (or JAXAE_IDX_DIR) "
-                      "at the folder of the MNIST IDX files.")
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-      header = f.read(16)
-    shape = (*(int(v) for v in np.frombuffer(header, ">u4", count=2, offset=8)), 1)
-  else:
-    shape = tuple(int(n) for n in sources.tfds_builder(d.get("name", "mnist"), d.data_dir).info.features["image"].shape)
-  return (*shape[:2], 1) if d.get("grayscale", False) else shape
+def example_shape(*, source: str, name: str = "mnist", path: str = "", data_dir: str = "", download: bool = True,
+                  grayscale: bool = False, **_) -> tuple[int, int, int]:
+  """(H, W, C) of one image of the dataset that the config's data fields name (`**config.data.to_dict()`;
+  the fields that do not change the shape are ignored): from the source's `image_shape` (metadata), or, for a
+  source without one, from its test split."""
+  fields = dict(name=name, path=path, data_dir=data_dir, download=download)
+  shape_of = sources.get(source).image_shape
+  shape = shape_of(**fields) if shape_of is not None else read_split(source, "test", **fields)[0].shape[1:]
+  shape = tuple(int(n) for n in shape)
+  return (*shape[:2], 1) if grayscale else shape
 
 
 def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:

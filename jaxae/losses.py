@@ -146,24 +146,29 @@ def kernels_sq_norm(params) -> jax.Array:
 JACOBIAN_MODES = ("jacfwd", "jacrev", "auto")
 
 
-def jacobian_mode(encode, example: jax.Array, mode: str = "auto", *, differentiated: bool = True) -> str:
-  """The autodiff mode that `mode` stands for; "auto" picks the cheaper exact one by D and K.
-
-  D is the size of one input, K of its code. For the Jacobian alone, forward mode costs ~D and reverse
-  mode ~K passes, so auto takes jacrev when K < D. Inside a training loss the penalty is differentiated
-  once more, and reverse-over-forward (jacfwd inside grad) is far cheaper than reverse-over-reverse:
-  measured on the 2-core CPU (`python -m experiments.bench_penalty --nets=`: one sigmoid layer D-K, MNIST's D,
-  batch 32, ms per Adam step, jacfwd / jacrev): K=16: 2.1 / 1.0; K=32: 3.1 / 2.1; K=64: 6.9 / 8.0;
-  K=128: 14.6 / 48.9; K=512: 119 / 422; K=1024: 255 / 1451. So with `differentiated` (the default)
-  auto takes jacrev only when K <= D / 16.
-  """
+def jacobian_mode(fn, example: jax.Array, mode: str = "auto", *, differentiated: bool = True,
+                  split: bool = False) -> str:
+  """The autodiff mode that `mode` stands for; with "auto", the cheapest exact one (`choose_mode`)."""
   if mode not in JACOBIAN_MODES:
     raise ValueError(f"Unknown Jacobian mode {mode!r}; known: {', '.join(JACOBIAN_MODES)}.")
-  if mode != "auto":
-    return mode
-  d = example.size
-  k = int(np.prod(jax.eval_shape(encode, example).shape))
-  return "jacrev" if (16 * k <= d if differentiated else k < d) else "jacfwd"
+  return mode if mode != "auto" else choose_mode(fn, example, differentiated=differentiated, split=split)[0]
+
+
+def choose_mode(fn, example: jax.Array, *, differentiated: bool = True, split: bool = False) -> tuple[str, str]:
+  """The one place "auto" is decided: (mode, why) for the exact Jacobian of fn at one example.
+
+  D is the size of the input, K of the output. For the Jacobian alone, forward mode costs ~D passes and
+  reverse mode ~K, so jacrev when K < D. Inside a training loss (`differentiated`) the Jacobian is
+  differentiated once more, and reverse-over-forward is far cheaper than reverse-over-reverse, so jacrev
+  only when K <= D / 16. `split`: fn is an encoder that splits after a dense first layer (EncoderSplit with
+  a kernel): "factored" then beats both in a loss (docs/contractive.md has the measurements).
+  """
+  if split and differentiated:
+    return "factored", "the model splits its encoder after a dense first layer (split_encoder)"
+  d, k = example.size, int(np.prod(jax.eval_shape(fn, example).shape))
+  if (16 * k <= d) if differentiated else (k < d):
+    return "jacrev", f"{k} outputs against {d} inputs" + (" (K <= D/16)" if differentiated else "")
+  return "jacfwd", f"{k} outputs against {d} inputs" + (" (K > D/16 in a loss)" if differentiated else "")
 
 
 def _per_example(fn, *xs, examples_per_pass: int = 0):
@@ -179,7 +184,7 @@ def jacobian(encode, x: jax.Array, *, mode: str = "auto", examples_per_pass: int
   Args:
     encode: one example [*S] -> code [*K] (parameters bound).
     x: [B, *S] inputs.
-    mode: "jacfwd", "jacrev" or "auto" (the cheaper for the Jacobian's value: jacrev when K < D).
+    mode: "jacfwd", "jacrev" or "auto" (the cheaper for the Jacobian's value, `choose_mode`).
     examples_per_pass: as in `jacobian_sq_norm`.
 
   Returns:
@@ -196,8 +201,7 @@ def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd", examples_per
     encode: one example [*S] -> code [*K] (parameters bound).
     x: [B, *S] inputs.
     mode: "jacfwd" (forward mode, cost ~ D Jacobian-vector products), "jacrev" (reverse mode, ~ K
-      vector-Jacobian products) or "auto" (the cheaper of the two in a training loss; see
-      `jacobian_mode`).
+      vector-Jacobian products) or "auto" (the cheaper of the two in a training loss, `choose_mode`).
     examples_per_pass: 0 takes the whole batch at once (fastest); n > 0 takes n examples at a time,
       for encoders whose Jacobians (D tangents of every activation) would not fit in memory at once.
 
@@ -284,13 +288,12 @@ def factored_jacobian_sq_norm(first, rest, x: jax.Array, *, kernel: jax.Array | 
     x: [B, *S] inputs.
     kernel: W1 [D, H1] when z1 = x.reshape(D) W1 + b1 (a dense first layer), else None (any affine
       first layer, e.g. a convolution: its transpose is applied by reverse mode).
-    inner_mode: how M = d rest / d z1 is computed: "jacfwd", "jacrev" or "auto": jacrev when K < H1 (K
-      reverse passes through `rest` against H1 forward ones; measured on S6's 256-256-64-32 rest inside a
-      training gradient, batch 128: jacrev 16x a plain step, jacfwd 70x).
+    inner_mode: how M = d rest / d z1 is computed: "jacfwd", "jacrev" or "auto" (`choose_mode` for M's value:
+      jacrev when K < H1).
     z: [B, *Z] first(x) when the caller has it already (the model's forward pass): reusing it makes the
       gradient through the first layer one product for the loss and the penalty together.
     batch_mean: return the batch mean only, as tr(S G) with S = sum_b M_b^T M_b: one H1 x H1 product for the
-      whole batch instead of one per example in the gradient (14x instead of 16x a plain step on S6).
+      whole batch instead of one per example in the gradient.
 
   Returns:
     [B] ||dh/dx||_F^2 (a scalar, their mean, with batch_mean), equal to `jacobian_sq_norm` up to rounding.

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from jaxae import losses
 from jaxae.errors import UserError
+from jaxae.models.dense import EncoderSplit
 
 
 class LossInputs(NamedTuple):
@@ -120,18 +121,16 @@ def weight_decay(inp: LossInputs) -> jax.Array:
   return losses.kernels_sq_norm(inp.params)
 
 
-def encoder_split(inp: LossInputs):
-  """(first, rest, kernel) of the model's encoder split after its first affine layer, for one example with the
-  parameters bound (see `losses.factored_jacobian_sq_norm`), or None when the model does not offer the split
-  (methods encode_first, encode_rest and, for a dense first layer, first_kernel)."""
+def encoder_split(inp: LossInputs) -> EncoderSplit | None:
+  """The model's `split_encoder()` for one example with the parameters bound, or None when the model does
+  not offer it (see jaxae.models.EncoderSplit)."""
   model = inp.model
-  if model is None or not all(callable(getattr(model, m, None)) for m in ("encode_first", "encode_rest")):
+  if model is None or not callable(getattr(model, "split_encoder", None)):
     return None
   variables = {"params": inp.params}
-  first = lambda x: model.apply(variables, x, method="encode_first")
-  rest = lambda z: model.apply(variables, z, method="encode_rest")
-  kernel = model.apply(variables, method="first_kernel") if callable(getattr(model, "first_kernel", None)) else None
-  return first, rest, kernel
+  first = lambda x: model.apply(variables, x, method=lambda m, x: m.split_encoder().first(x))
+  rest = lambda z: model.apply(variables, z, method=lambda m, z: m.split_encoder().rest(z))
+  return EncoderSplit(first, rest, model.apply(variables, method=lambda m: m.split_encoder().kernel))
 
 
 def _needs_key(inp: LossInputs, term: str) -> jax.Array:
@@ -143,40 +142,29 @@ def _needs_key(inp: LossInputs, term: str) -> jax.Array:
 CONTRACTIVE_MODES = losses.JACOBIAN_MODES + ("factored", "closed_form", "projections")
 
 
-def contractive_mode(inp: LossInputs, mode: str) -> str:
-  """The exact mode that "auto" stands for on this model: "factored" when the model splits its encoder after a
-  dense first layer, else `losses.jacobian_mode`'s choice between jacfwd and jacrev.
-
-  Why factored wins whenever it applies: it differentiates the first layer once instead of in each of
-  min(D, K) passes, and replaces D x H1 per pass by a K x H1 x min(H1, D) quadratic form; for a one-layer
-  encoder (rest element-wise) it is the closed form, one pass. Measured (float32 Adam steps, batch 128, 2-core
-  CPU, `python -m experiments.bench_penalty`, docs/contractive.md), in multiples of a plain step: S5's 784-500
-  sigmoid layer factored 0.9x, jacfwd 142x, jacrev 288x; S6's 784-256-256-64-32 tanh net factored 15.6x,
-  jacrev 26x, jacfwd 372x. A conv first layer has no small Gram matrix and
-  factored equals jacrev there, so auto keeps the jacfwd/jacrev rule for it.
-  """
+def contractive_mode(inp: LossInputs, mode: str) -> tuple[str, str]:
+  """(mode, why): the mode `mode` stands for on this model; "auto" is `losses.choose_mode`'s choice, with
+  "factored" open to it when the model splits its encoder after a dense first layer."""
   if mode != "auto":
-    return mode
+    return mode, "named in the config"
   split = encoder_split(inp)
-  if split is not None and split[2] is not None:
-    return "factored"
-  return losses.jacobian_mode(inp.encode, inp.x_in[0], "auto")
+  return losses.choose_mode(inp.encode, inp.x_in[0], split=split is not None and split.kernel is not None)
 
 
 @register("contractive")
-def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int = 1,
+def contractive(inp: LossInputs, *, mode: str = "auto", num_projections: int = 1,
                 examples_per_pass: int = 0) -> jax.Array:
   """Batch mean of ||dh/dx||_F^2 at the encoder's input, h the code of one example.
 
-  mode: "jacfwd" (exact, any encoder, the default), "jacrev", "factored" (exact, through the model's first
-  affine layer; see `losses.factored_jacobian_sq_norm`), "auto" (the cheapest exact mode, `contractive_mode`),
+  mode: "auto" (the default: the cheapest exact mode, `contractive_mode`), "jacfwd" and "jacrev" (exact, any
+  encoder), "factored" (exact, through the model's first affine layer; `losses.factored_jacobian_sq_norm`),
   "closed_form" (factored, refused unless the encoder is one layer: a dense layer and an element-wise
   activation), "projections" (unbiased estimate from `num_projections` random directions).
   examples_per_pass > 0 bounds the memory of the jacfwd and jacrev modes.
   """
   if mode not in CONTRACTIVE_MODES:
     raise UserError(f"Unknown contractive mode {mode!r}; known: {', '.join(CONTRACTIVE_MODES)}.")
-  mode = contractive_mode(inp, mode)
+  mode = contractive_mode(inp, mode)[0]
   if mode == "projections":
     return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
                                                       num_projections=num_projections))
@@ -184,15 +172,14 @@ def contractive(inp: LossInputs, *, mode: str = "jacfwd", num_projections: int =
     split = encoder_split(inp)
     if split is None:
       raise UserError(f"contractive mode {mode!r} needs a model that splits its encoder after the first layer "
-                      "(methods encode_first, encode_rest[, first_kernel]); this one does not. Use mode 'auto' "
-                      "or 'jacfwd' (exact for any encoder).")
+                      "(the method split_encoder()); this one does not. Use mode 'auto' or 'jacfwd' (exact for any "
+                      "encoder).")
     first, rest, kernel = split
     if mode == "closed_form" and (kernel is None or not losses.is_elementwise(rest, jax.eval_shape(first, inp.x_in[0]))):
       raise UserError("contractive mode 'closed_form' holds for a one-layer encoder only (a dense layer and an "
                       "element-wise activation); this encoder has more after its first layer. Use mode 'auto' "
                       "(exact for any encoder, the closed form where it holds).")
-    return losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel, batch_mean=True,
-                                            z=inp.out.get("first_layer"))
+    return losses.factored_jacobian_sq_norm(first, rest, inp.x_in, kernel=kernel, batch_mean=True)
   return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode, examples_per_pass=examples_per_pass))
 
 

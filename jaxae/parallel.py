@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 
 import jax
@@ -58,7 +57,8 @@ def initialize_distributed(*, timeout_s: int | None = None) -> None:
   JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are passed to jax.distributed.initialize
   (JAX reads only the first itself); JAXAE_DISTRIBUTED=auto lets JAX find the cluster (Cloud TPU, SLURM).
   CPU processes talk through gloo. A process that cannot join within `timeout_s` (JAXAE_INIT_TIMEOUT, default
-  300 s) raises UserError naming the address. Processes other than 0 then print nothing to stdout.
+  300 s) raises UserError naming the address. (The commands then keep stdout for process 0 alone:
+  experiments.cli.start_command.)
   """
   address = os.environ.get("JAX_COORDINATOR_ADDRESS")
   auto = os.environ.get("JAXAE_DISTRIBUTED", "") == "auto"
@@ -83,10 +83,6 @@ def initialize_distributed(*, timeout_s: int | None = None) -> None:
   except Exception as e:  # pylint: disable=broad-except  (JAX raises RuntimeError or XlaRuntimeError here)
     raise UserError(f"Process {process_id} could not join {where} within {timeout_s} s "
                     f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). {fix}") from e
-  if jax.process_index() != 0:  # one voice: errors still reach stderr
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    sys.stdout = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with
 
 
 def is_main_process() -> bool:

@@ -72,13 +72,13 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
   out = run.apply(x)
   save(figures.image_rows([show(x), show(out["recon"])], row_titles=["input", "recon"], shape=shape,
                           value_range=value_range), "reconstructions.png")
-  if run.parts.corrupt is not None:
+  if run.components.corrupt is not None:
     denoising = run.evaluate(test.x, corrupted=True)
     if verbose:
       print(f"denoising test loss (corrupted input, clean target): {denoising['loss']:.5f}, "
             f"MSE per pixel {denoising['mse']:.5f}")
     with run.precision():
-      noisy = np.asarray(run.parts.corrupt(jax.random.PRNGKey(1), x))
+      noisy = np.asarray(run.components.corrupt(jax.random.PRNGKey(1), x))
     save(figures.image_rows([show(noisy), show(run.reconstruct(noisy)), show(x)],
                             row_titles=["noisy input", "cleaned", "clean"], shape=shape, value_range=value_range),
          "denoising.png")

@@ -25,11 +25,11 @@ import numpy as np
 import optax
 
 from jaxae import checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
-from jaxae.train import bind_encode
 from jaxae.errors import UserError
+from jaxae.settings import Settings
+from jaxae.train import bind_encode
 
 DTYPES = ("float32", "float64")
-COMPUTE_DTYPES = ("", "bfloat16", "float32")
 CONFIG_FILE = "config.json"
 
 
@@ -50,23 +50,16 @@ def import_modules(names) -> None:
                       "importable (pip install -e it, or add its folder to PYTHONPATH) or fix the name.") from e
 
 
-def check_dtypes(config: ml_collections.ConfigDict) -> None:
-  if config.dtype not in DTYPES:
-    raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
-  compute_dtype = config.get("compute_dtype", "")  # runs saved before the field existed lack it
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise UserError(f"Unknown compute_dtype {compute_dtype!r}; known: '' (the parameters' dtype), "
-                    "'bfloat16', 'float32'.")
-
-
 @dataclasses.dataclass(frozen=True)
 class Components:
-  """Everything a config names, built once: data, model, objective, optimizer, corruption.
+  """Everything a config names, built once: data, model, objective, optimizer, corruption, and the loop's
+  settings. `from_config` is the one reader of a config; what is built here takes plain values.
 
   Build with `Components.from_config`; compute inside `with components.precision():` (a float64 run's
   64-bit mode is on there and nowhere else).
   """
   config: ml_collections.ConfigDict
+  settings: Settings
   data: data.Dataset
   model: nn.Module
   loss_fn: Callable
@@ -75,22 +68,35 @@ class Components:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *, dataset: data.Dataset | None = None) -> Components:
-    """Imports `config.imports`, loads the data (unless `dataset` is given), builds the parts and checks
+    """Imports `config.imports`, loads the data (unless `dataset` is given), builds the components and checks
     that they fit: the model takes one example and reconstructs its shape, and every loss term can read
-    the model's outputs. Bad parts raise UserError before anything is trained."""
-    check_dtypes(config)
-    import_modules(config.get("imports", ()))
+    the model's outputs. A bad one raises UserError before anything is trained."""
+    settings = cls.check_config(config)
+    import_modules(config.imports)
     with precision(config.dtype):
-      dataset = dataset or data.load(config.data, dtype=jnp.dtype(config.dtype))
+      dataset = dataset or data.load_dataset(dtype=jnp.dtype(config.dtype), **config.data.to_dict())
       kwargs = config.model.kwargs.to_dict()
       model = models.build(config.model.name, input_shape=kwargs.pop("input_shape", dataset.image_shape), **kwargs)
-      parts = cls(config, dataset, model,
-                  objective.from_weights(dict(config.loss), config.loss_options.to_dict()),
-                  train.make_optimizer(config.optimizer.name, learning_rate=config.optimizer.learning_rate,
-                                 weight_decay=config.optimizer.weight_decay),
-                  corruption.build(config.corruption.name, **config.corruption.options.to_dict()))
-      parts.check()
-    return parts
+      components = cls(config, settings, dataset, model,
+                       objective.from_weights(dict(config.loss), config.loss_options.to_dict()),
+                       _optimizer(config.optimizer),
+                       corruption.build(config.corruption.name, **config.corruption.options.to_dict()))
+      components.check()
+    return components
+
+  @staticmethod
+  def check_config(config: ml_collections.ConfigDict) -> Settings:
+    """The checks of a config that need no data (dtype, the loop's settings, the optimizer): UserError for a
+    bad value; returns the loop's settings."""
+    if config.dtype not in DTYPES:
+      raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
+    _optimizer(config.optimizer)
+    return Settings.from_config(config)
+
+  @property
+  def config_json(self) -> str:
+    """The config as the run's config.json holds it."""
+    return self.config.to_json_best_effort(indent=2)
 
   def precision(self) -> contextlib.AbstractContextManager:
     """The block in which this run computes (see `precision`)."""
@@ -121,9 +127,27 @@ class Components:
       raise UserError(f"Model {name!r} reconstructs examples of shape {tuple(out['recon'].shape[1:])}, the data "
                       f"has {tuple(x.shape[1:])}. Fix config.model.kwargs (the decoder's last width must be the "
                       "input size, or leave decoder_features empty to mirror the encoder).")
-    jax.eval_shape(lambda p, o, xb: self.loss_fn(objective.LossInputs(xb, xb, o, p, bind_encode(self.model, p),
-                                                                      jax.random.PRNGKey(0), self.model)),
-                   params, out, x)
+    jax.eval_shape(lambda p, o, xb: self.loss_fn(self._abstract_inputs(p, o, xb)), params, out, x)
+
+  def _abstract_inputs(self, params, out, x) -> objective.LossInputs:
+    return objective.LossInputs(x, x, out, params, bind_encode(self.model, params), jax.random.PRNGKey(0), self.model)
+
+  def penalty_mode(self) -> str:
+    """"contractive: mode M (why)" for a loss with the contractive term, else "": what a run says first."""
+    if "contractive" not in self.config.loss:
+      return ""
+    asked, chosen = self.config.loss_options.get("contractive", {}).get("mode", "auto"), []
+    def trace(p, xb):
+      out = self.model.apply({"params": p}, xb)
+      chosen.append(objective.contractive_mode(self._abstract_inputs(p, out, xb), asked))
+      return xb
+    with self.precision():
+      jax.eval_shape(trace, jax.eval_shape(self.init_params, jax.random.PRNGKey(0)), self.data.train.x[:2])
+    return f"contractive penalty: mode {chosen[0][0]} ({chosen[0][1]})"
+
+
+def _optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return train.make_optimizer(o.name, learning_rate=o.learning_rate, weight_decay=o.weight_decay)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -157,7 +181,7 @@ class TrainedRun:
   Every method computes in the run's own precision and returns numpy arrays on the host.
   """
   workdir: str
-  parts: Components
+  components: Components
   params: Any
   step: int
 
@@ -174,25 +198,25 @@ class TrainedRun:
       dataset: the run's data if already loaded (saves reading it again).
       mesh: restore the parameters replicated over this mesh (jaxae.parallel.make_mesh).
     """
-    parts = Components.from_config(read_config(workdir), dataset=dataset)
-    with parts.precision():
-      state = restore(workdir, parts, mesh=mesh)
-    return cls(workdir, parts, state.params, int(state.step))
+    components = Components.from_config(read_config(workdir), dataset=dataset)
+    with components.precision():
+      state = restore(workdir, components, mesh=mesh)
+    return cls(workdir, components, state.params, int(state.step))
 
   @property
   def config(self) -> ml_collections.ConfigDict:
-    return self.parts.config
+    return self.components.config
 
   @property
   def model(self) -> nn.Module:
-    return self.parts.model
+    return self.components.model
 
   @property
   def data(self) -> data.Dataset:
-    return self.parts.data
+    return self.components.data
 
   def precision(self) -> contextlib.AbstractContextManager:
-    return self.parts.precision()
+    return self.components.precision()
 
   def records(self) -> list[dict]:
     """The run's per-epoch metrics (metrics.jsonl)."""
@@ -209,8 +233,8 @@ class TrainedRun:
       self._jitted[method] = jax.jit(lambda p, xb: self.model.apply({"params": p}, xb, method=method))
     fn = self._jitted[method]
     with self.precision():
-      parts = [jax.device_get(fn(self.params, x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+      batches = [jax.device_get(fn(self.params, x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *batches)
 
   def encode(self, x, *, batch_size: int = 1000) -> np.ndarray:
     """Codes [N, K] of examples x [N, D]."""
@@ -242,15 +266,15 @@ class TrainedRun:
     """The run's loss terms and per-pixel MSE averaged over x [N, D], as training evaluates them;
     `corrupted` feeds the model the config's corruption of x (the target stays x)."""
     with self.precision():
-      evaluate = train.make_eval(self.model, self.parts.loss_fn, batch_size=min(self.config.eval_batch_size, len(x)),
-                                 key=key, corrupt=self.parts.corrupt if corrupted else None)
+      evaluate = train.make_eval(self.model, self.components.loss_fn, batch_size=min(self.components.settings.eval_batch_size, len(x)),
+                                 key=key, corrupt=self.components.corrupt if corrupted else None)
       return evaluate(self.params, x)
 
 
-def restore(workdir: str, parts: Components, *, mesh: jax.sharding.Mesh | None = None):
+def restore(workdir: str, components: Components, *, mesh: jax.sharding.Mesh | None = None):
   """The train state of the latest readable checkpoint of `workdir` (the optimizer state too), restored
-  straight into `mesh`'s devices when given. Call inside `parts.precision()`."""
-  state = train.create_state(jax.random.PRNGKey(0), parts.model, parts.tx, parts.data.train.x[0])
+  straight into `mesh`'s devices when given. Call inside `components.precision()`."""
+  state = train.create_state(jax.random.PRNGKey(0), components.model, components.tx, components.data.train.x[0])
   if mesh is not None:
     state = parallel.replicate(state, mesh)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"))

@@ -1,9 +1,4 @@
-"""Raw arrays from where images live: the MNIST IDX files, any TFDS image dataset (through tfds, with the
-decoded arrays cached between runs), or a user's .npz.
-
-Each reader returns one split as images [N, H, W(, C)] (uint8, or float in [0, 1] from an .npz) and labels [N]
-(NO_LABEL when the data has none); jaxae.data turns them into a Dataset.
-"""
+"""Data sources by name (`config.data.source`), each a reader added by `@register(name)`: tfds, idx, npz, yours."""
 
 from __future__ import annotations
 
@@ -12,11 +7,13 @@ import gzip
 import hashlib
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from jaxae.errors import UserError
+from jaxae.files import atomic_write
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -25,38 +22,44 @@ IDX_FILES = {
 NO_LABEL = -1  # the label of every example of data without labels
 
 
-def read_idx(path: str) -> np.ndarray:
-  """Reads one IDX file (optionally gzipped) into a uint8 array of the shape its header gives.
+class Source(NamedTuple):
+  """A registered data source: `read(split, **fields)` and, if given, `image_shape(**fields)` (see `register`)."""
+  read: Callable[..., tuple[np.ndarray, np.ndarray]]
+  image_shape: Callable[..., tuple[int, int, int]] | None = None
 
-  Args:
-    path: file in the IDX format: zero, zero, type byte 0x08 (uint8), number of dimensions, then one
-      big-endian uint32 per dimension and the raw data.
+
+SOURCES: dict[str, Source] = {}  # filled by @register, in order: tfds, idx, npz, then yours
+
+
+def register(name: str, *, image_shape: Callable[..., tuple[int, int, int]] | None = None,
+             replace: bool = False) -> Callable:
+  """Function decorator: makes a reader available to configs as `config.data.source = name`.
+
+  The reader `(split, *, name, path, data_dir, download)` gets the split ("train" or "test") and the config's
+  data fields (take `**_` for those it ignores); it returns images [N, H, W, C], uint8 (0-255) or float in
+  [0, 1], and labels [N] int (NO_LABEL for data without labels). `image_shape(*, name, path, data_dir,
+  download) -> (H, W, C)` reads the shape without the images; without it, the shape is the test split's. A
+  name already taken is refused unless `replace=True`. Runs list the registering module in `config.imports`.
   """
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise UserError(f"{path} is not an IDX file of uint8 (bad header); re-download the MNIST IDX files.")
-  ndim = raw[3]
-  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-  if data.size != int(np.prod(shape)):
-    raise UserError(f"{path} holds {data.size} values, its header says {shape}: the file is truncated.")
-  return data.reshape(shape)
+  def add(read: Callable) -> Callable:
+    if name in SOURCES and SOURCES[name].read is not read and not replace:
+      taken = SOURCES[name].read
+      raise UserError(f"Data source name {name!r} is taken by {getattr(taken, '__module__', '?')}."
+                      f"{getattr(taken, '__qualname__', taken)}; pick "
+                      "another name, or pass replace=True to sources.register to replace it.")
+    SOURCES[name] = Source(read, image_shape)
+    return read
+  return add
 
 
-def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """MNIST images [N, H, W] uint8 and labels [N] in the files' own order."""
-  found = []
-  for stem in IDX_FILES[split]:
-    candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
-    path = next((p for p in candidates if os.path.exists(p)), None)
-    if path is None:
-      raise UserError(
-          f"MNIST IDX file {stem}(.gz) not found in {directory!r}. Put the four MNIST IDX files there, "
-          "or point --config.data.data_dir (or JAXAE_IDX_DIR) at the folder that holds them.")
-    found.append(read_idx(path))
-  return found[0], found[1]
+def get(source: str) -> Source:
+  """The source registered as `source`; UserError naming the registered ones (and close matches) if none."""
+  if source not in SOURCES:
+    close = difflib.get_close_matches(source, list(SOURCES), n=3)
+    raise UserError(f"Unknown data source {source!r}; known: {', '.join(SOURCES)}."
+                    + (f" Did you mean {' or '.join(close)}?" if close else "")
+                    + " Register your own with @jaxae.sources.register and list its module in config.imports.")
+  return SOURCES[source]
 
 
 def _tfds():
@@ -153,12 +156,86 @@ def cached_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
     path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
     try:
       os.makedirs(cache_dir(), exist_ok=True)
-      with open(path + f".tmp{os.getpid()}", "wb") as f:
+      with atomic_write(path, "wb") as f:
         np.savez(f, images=images, labels=labels)
-      os.replace(path + f".tmp{os.getpid()}", path)
     except OSError:  # no room or no permission for the cache: it is only a cache
       pass
   return images, labels
+
+
+def tfds_image_shape(*, name: str, data_dir: str, **_) -> tuple[int, int, int]:
+  """(H, W, C) of the images of the TFDS dataset `name`, from its metadata."""
+  return tuple(int(n) for n in tfds_builder(name, data_dir).info.features["image"].shape)
+
+
+@register("tfds", image_shape=tfds_image_shape)
+def tfds_split(split: str, *, name: str, data_dir: str, download: bool, **_) -> tuple[np.ndarray, np.ndarray]:
+  """One split of the TFDS dataset `name` (source "tfds") in TFDS's order, kept decoded (see `cached_tfds`)."""
+  return cached_tfds(split, name=name, data_dir=data_dir or None, download=download)
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped) into a uint8 array of the shape its header gives.
+
+  Args:
+    path: file in the IDX format: zero, zero, type byte 0x08 (uint8), number of dimensions, then one
+      big-endian uint32 per dimension and the raw data.
+  """
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    raise UserError(f"{path} is not an IDX file of uint8 (bad header); re-download the MNIST IDX files.")
+  ndim = raw[3]
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise UserError(f"{path} holds {data.size} values, its header says {shape}: the file is truncated.")
+  return data.reshape(shape)
+
+
+def _idx_path(directory: str, stem: str) -> str:
+  """The IDX file `stem` (gzipped or not) in `directory`; UserError when it is not there."""
+  candidates = [os.path.join(directory, stem + ext) for ext in (".gz", "")]
+  path = next((p for p in candidates if os.path.exists(p)), None)
+  if path is None:
+    raise UserError(f"MNIST IDX file {stem}(.gz) not found in {directory!r}. Put the four MNIST IDX files there, "
+                    "or point --config.data.data_dir (or JAXAE_IDX_DIR) at the folder that holds them.")
+  return path
+
+
+def load_idx(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """MNIST images [N, H, W] uint8 and labels [N] in the files' own order."""
+  images, labels = (read_idx(_idx_path(directory, stem)) for stem in IDX_FILES[split])
+  return images, labels
+
+
+def _idx_dir(name: str, data_dir: str) -> str:
+  """The folder of the MNIST IDX files (`data_dir`, else JAXAE_IDX_DIR); UserError for another dataset."""
+  if name != "mnist":
+    raise UserError(f"data.source='idx' reads the MNIST IDX files only, and data.name is {name!r}; use "
+                    f"--config.data.source=tfds for {name}, or source=npz with data.path for your own images.")
+  directory = data_dir or os.environ.get("JAXAE_IDX_DIR", "")
+  if not directory:
+    raise UserError("data.source='idx' needs the folder of the MNIST IDX files: "
+                    "--config.data.data_dir=PATH or JAXAE_IDX_DIR=PATH.")
+  return directory
+
+
+def idx_image_shape(*, name: str, data_dir: str, **_) -> tuple[int, int, int]:
+  """(H, W, 1) of the MNIST test images, from the IDX file's header."""
+  path = _idx_path(_idx_dir(name, data_dir), IDX_FILES["test"][0])
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+    header = f.read(16)
+  return (*(int(v) for v in np.frombuffer(header, ">u4", count=2, offset=8)), 1)
+
+
+@register("idx", image_shape=idx_image_shape)
+def idx_split(split: str, *, name: str, data_dir: str, **_) -> tuple[np.ndarray, np.ndarray]:
+  """One split of the MNIST IDX files (source "idx") in file order, from `data_dir` or JAXAE_IDX_DIR:
+  images [N, 28, 28, 1] uint8 and labels [N]."""
+  images, labels = load_idx(_idx_dir(name, data_dir), split)
+  return images[..., None], labels  # one channel
 
 
 def _npz_keys(path: str) -> list[str]:
@@ -189,7 +266,7 @@ def _image_shape(shape: Sequence[int], where: str) -> tuple[int, int, int]:
   return (int(shape[1]), int(shape[2]), int(shape[3]) if len(shape) == 4 else 1)
 
 
-def npz_image_shape(path: str) -> tuple[int, int, int]:
+def npz_image_shape(*, path: str, **_) -> tuple[int, int, int]:
   """(H, W, C) of the test images of the user's .npz at `path`, from the array's header (no data read)."""
   _require(path, "test_images", _npz_keys(path))
   with zipfile.ZipFile(path) as z, z.open("test_images.npy") as f:
@@ -199,13 +276,14 @@ def npz_image_shape(path: str) -> tuple[int, int, int]:
   return _image_shape(shape, f"{path}: test_images")
 
 
-def load_npz(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Images [N, H, W, C] and labels [N] of one split of the user's .npz at `path`.
+@register("npz", image_shape=npz_image_shape)
+def npz_split(split: str, *, path: str, **_) -> tuple[np.ndarray, np.ndarray]:
+  """Images [N, H, W, C] and labels [N] of one split of the user's .npz at `path` (source "npz").
 
   Args:
+    split: "train" or "test".
     path: an .npz with arrays `train_images` and `test_images`, each [N, H, W, C] or [N, H, W] (one
       channel), uint8 (0-255) or float in [0, 1]; optional `train_labels` and `test_labels`, integer [N].
-    split: "train" or "test".
 
   Returns:
     The images as stored (C = 1 added to [N, H, W]) and the labels (-1 when the split has none).

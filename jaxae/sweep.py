@@ -17,8 +17,10 @@ import ml_collections
 from absl import flags
 from ml_collections.config_flags import config_path, tuple_parser
 
-from jaxae import checkpoint, metrics, run, train
+from jaxae import loop, metrics, run
+from jaxae import settings as settings_lib
 from jaxae.errors import UserError
+from jaxae.files import atomic_write
 
 SWEEP_FILE = "sweep.json"
 BASE = "base"  # the one setting of a sweep without --grid
@@ -162,7 +164,7 @@ def merged_spec(old: dict | None, grid: dict[str, list], seeds: list[int], base:
     return spec
   before, now = flatten(old["config"]), flatten(spec["config"])
   changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-             if k != "seed" and k not in checkpoint.RESUMABLE_CHANGES and before.get(k) != now.get(k)]
+             if k != "seed" and k not in settings_lib.RESUMABLE_CHANGES and before.get(k) != now.get(k)]
   if changed:
     raise UserError(f"The sweep in this --root has another base config ({'; '.join(changed)}). Use another --root, "
                     "or the same --config and overrides.")
@@ -176,10 +178,8 @@ def merged_spec(old: dict | None, grid: dict[str, list], seeds: list[int], base:
 
 def write_spec(root: str, spec: dict) -> None:
   """Writes ROOT/sweep.json atomically."""
-  path = os.path.join(root, SWEEP_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with atomic_write(os.path.join(root, SWEEP_FILE)) as f:
     json.dump(spec, f, indent=1)
-  os.replace(path + ".tmp", path)
 
 
 def summary(record: dict, metric: str = "test/loss") -> str:
@@ -192,25 +192,26 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
 
   Every run is checked first (its fields, its workdir, no other config's run in it), so a bad value ends
   the sweep before any training. A run that diverges is reported and the sweep goes on; SIGTERM
-  (train.Preempted) ends it, resumable.
+  (loop.Preempted) ends it, resumable.
   """
   jobs = [(name, seed, run_config(base, overrides, seed)) for name, overrides in settings(grid) for seed in seeds]
   spec = merged_spec(read_spec(root), grid, seeds, base)
   for name, seed, config in jobs:
-    train.check_run(config, workdir_of(root, name, seed))
+    loop.check_run(config, workdir_of(root, name, seed))
   write_spec(root, spec)
-  failed, parts, parts_of = 0, None, None
+  failed, dataset, dataset_of = 0, None, None
   for i, (name, seed, config) in enumerate(jobs, 1):
     workdir, head = workdir_of(root, name, seed), f"[{i}/{len(jobs)}] {name} seed={seed}"
     record = final_record(workdir, config.epochs)
     if record is not None:
       log(f"{head}: skipped (finished), {summary(record)}")
       continue
-    if parts_of != name:  # one setting's components serve all its seeds (no seed in them)
-      parts, parts_of = run.Components.from_config(config), name  # data.load keeps the data: read once
+    data_json = json.dumps([config.data.to_dict(), config.dtype], sort_keys=True, default=str)
+    components = run.Components.from_config(config, dataset=dataset if dataset_of == data_json else None)
+    dataset, dataset_of = components.data, data_json  # the data read once for every run that reads the same
     t0 = time.perf_counter()
     try:
-      train.train_and_evaluate(config, workdir, parts=parts)
+      loop.fit(components, workdir)
     except FloatingPointError as e:
       failed += 1
       log(f"{head}: failed after {time.perf_counter() - t0:.0f} s: {e}")

@@ -1,46 +1,45 @@
-"""Train state, the jit-compiled step, epochs as scans over on-device batches, and train_and_evaluate."""
+"""Pure builders: the train state, the jit-compiled step, epochs as scans over on-device batches, evaluation.
+
+Nothing here touches files or prints; jaxae.loop drives these on the host."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import signal
-import time
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm.auto import tqdm
 
-from jaxae import checkpoint, data, objective, parallel
+from jaxae import objective, parallel
 from jaxae.errors import UserError
-from jaxae.metrics import MetricWriter, check_finite, check_params_finite, logged_terms, mean_metrics
 
 TrainState = train_state.TrainState
 OPTIMIZERS = ("adam", "sgd")
-# Config fields of the run itself (not of its data, model or loss) that must be positive integers.
-POSITIVE_FIELDS = ("batch_size", "epochs", "eval_batch_size", "chunk_steps", "checkpoint_every_epochs",
-                   "keep_checkpoints")
-
-
-class Preempted(Exception):
-  """Raised by `train_and_evaluate` after SIGTERM, once the state is saved: the process should exit now
-  (the same command resumes the run)."""
 
 
 def make_optimizer(name: str, *, learning_rate: float, weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam or plain SGD; weight_decay adds wd * param to the gradient first, as PyTorch's
-  `Adam(weight_decay=)` does (not decoupled as in adamw)."""
+  `Adam(weight_decay=)` does (not decoupled as in adamw). UserError for an unknown name, a rate that is
+  not a finite number > 0 or a decay that is not a finite number >= 0 (a NaN rate would train an epoch of NaN)."""
   if name not in OPTIMIZERS:
     raise UserError(f"Unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}.")
+  if not _finite_number(learning_rate) or learning_rate <= 0:
+    raise UserError(f"config.optimizer.learning_rate must be a finite number > 0, got {learning_rate!r}; set "
+                    "--config.optimizer.learning_rate to one (e.g. 1e-3).")
+  if not _finite_number(weight_decay) or weight_decay < 0:
+    raise UserError(f"config.optimizer.weight_decay must be a finite number >= 0, got {weight_decay!r}; set "
+                    "--config.optimizer.weight_decay=0 to turn it off.")
   opt = optax.adam(learning_rate) if name == "adam" else optax.sgd(learning_rate)
   return optax.chain(optax.add_decayed_weights(weight_decay), opt) if weight_decay else opt
+
+
+def _finite_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def create_state(init_key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
@@ -104,14 +103,11 @@ def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None
   return chunk
 
 
-def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None,
-              corrupt: Callable | None = None, mesh: jax.sharding.Mesh | None = None) -> Callable:
-  """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
-
-  Stochastic terms, a VAE's latent sample and the denoising corruption (`corrupt`, as in training:
-  the model sees corrupt(x), the target is x) draw from `key` folded with the batch index, the same
-  draws at every evaluation; dropout is off. With a `mesh`, each batch that divides over its devices
-  is split over them, as in training (the last, smaller batch may run whole on every device)."""
+def make_eval_batches(model: nn.Module, loss_fn: Callable, *, key: jax.Array | None = None,
+                      corrupt: Callable | None = None, mesh: jax.sharding.Mesh | None = None) -> Callable:
+  """Jitted (params, xb [C, B, D], first) -> dict of metrics [C], one value per batch; batch c draws its
+  randomness from `key` folded with first + c (see `make_eval`). A batch that divides over the mesh's
+  devices is split over them."""
   key = jax.random.PRNGKey(0) if key is None else key
 
   def batch_metrics(params, x, i):
@@ -126,6 +122,18 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
   @functools.partial(jax.jit, static_argnums=2)
   def scan_batches(params, xb, first):  # [C, B, D] -> metrics [C]
     return jax.lax.map(lambda a: batch_metrics(params, *a), (xb, first + jnp.arange(xb.shape[0])))
+  return scan_batches
+
+
+def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.Array | None = None,
+              corrupt: Callable | None = None, mesh: jax.sharding.Mesh | None = None) -> Callable:
+  """(params, x [N, D]) -> dict of metrics averaged over the examples, plus the per-pixel "mse".
+
+  Stochastic terms, a VAE's latent sample and the denoising corruption (`corrupt`, as in training:
+  the model sees corrupt(x), the target is x) draw from `key` folded with the batch index, the same
+  draws at every evaluation; dropout is off. With a `mesh`, each batch that divides over its devices
+  is split over them, as in training (the last, smaller batch may run whole on every device)."""
+  scan_batches = make_eval_batches(model, loss_fn, key=key, corrupt=corrupt, mesh=mesh)
 
   def evaluate(params, x: jax.Array) -> dict[str, float]:
     n = x.shape[0]
@@ -139,220 +147,4 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
       sizes.append(np.array([n - full]))
     w = np.concatenate(sizes) / n
     return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in parts]))) for k in parts[0]}
-  evaluate.scan_batches = scan_batches  # for inspection (tests look at its compiled HLO)
   return evaluate
-
-
-def run_steps(chunk: Callable, state: TrainState, data_x: jax.Array, idx: jax.Array, step_key: jax.Array, *,
-              chunk_steps: int, bar: tqdm, stop: Callable[[], bool] = lambda: False
-              ) -> tuple[TrainState, dict[str, np.ndarray]]:
-  """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
-  and its running loss advance per chunk. Returns the state and the per-step metrics on the host,
-  [S] or fewer when `stop()` turned true after a chunk."""
-  per_step, loss_sum, taken = [], 0.0, 0
-  for i in range(0, idx.shape[0], chunk_steps):
-    if per_step and stop():
-      break
-    state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
-    per_step.append(jax.device_get(m))
-    loss_sum, taken = loss_sum + float(np.sum(per_step[-1]["loss"])), taken + len(per_step[-1]["loss"])
-    bar.update(len(per_step[-1]["loss"]))
-    bar.set_postfix(loss=f"{loss_sum / taken:.4f}")
-  return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
-
-
-@contextlib.contextmanager
-def _sigterm_requests_stop():
-  """Inside: SIGTERM (preemption) sets the returned flag instead of killing the process."""
-  requested = {"stop": False}
-  def handler(signum, frame):
-    del signum, frame
-    requested["stop"] = True
-  try:
-    previous = signal.signal(signal.SIGTERM, handler)
-  except ValueError:  # not the main thread: leave signals alone
-    yield requested
-    return
-  try:
-    yield requested
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-
-
-def _stopped(state: TrainState, steps_per_epoch: int, workdir: str) -> Preempted:
-  step = int(state.step)
-  return Preempted(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
-                   f"saved in {workdir}. Run the same command to resume.")
-
-
-def _prepare_workdir(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
-                    "Pass --workdir=PATH with a folder you can create and write.") from e
-
-
-def _validate(config: ml_collections.ConfigDict) -> None:
-  for name in POSITIVE_FIELDS:
-    if int(config[name]) < 1:
-      raise UserError(f"config.{name} must be a positive integer, got {config[name]}; "
-                      f"set --config.{name}=N with N >= 1.")
-  if float(config.optimizer.learning_rate) <= 0:
-    raise UserError(f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}.")
-
-
-def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """The checks that need no data: the run's own fields, a writable workdir, and no other run's
-  checkpoints in it. Raises UserError."""
-  from jaxae import run  # pylint: disable=g-import-not-at-top
-  _validate(config)
-  run.check_dtypes(config)
-  _prepare_workdir(workdir)
-  checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, parts=None) -> TrainState:
-  """Trains `config` into `workdir`, resuming from its latest checkpoint; returns the final state.
-
-  Writes workdir/config.json, workdir/checkpoints/<step>, workdir/metrics.jsonl and TensorBoard
-  files under workdir/tensorboard. Raises Preempted after SIGTERM, once the state is saved.
-
-  Args:
-    config: the experiment's ConfigDict (experiments/configs/).
-    workdir: the run's folder.
-    parts: the config's `jaxae.run.Components` when already built (its data already loaded).
-  """
-  from jaxae import run  # pylint: disable=g-import-not-at-top  (run builds on this module)
-  check_run(config, workdir)
-  parts = parts or run.Components.from_config(config)
-  with checkpoint.workdir_lock(workdir), parts.precision():
-    n_train = parts.data.train.x.shape[0]
-    if config.batch_size > n_train:
-      raise UserError(f"config.batch_size={config.batch_size} is larger than the {n_train} training "
-                      "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
-                      "keeps all).")
-    init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
-    mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, config.num_devices))
-    parallel.check_batch_size(config.batch_size, mesh)
-    if mesh.devices.size < jax.device_count() and not config.num_devices and parallel.is_main_process():
-      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: batch_size={config.batch_size} "
-            f"divides over no more of them (set --config.num_devices=N to choose).")
-    state = parallel.replicate(create_state(init_key, parts.model, parts.tx, parts.data.train.x[0]), mesh)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    try:  # one way out for every path: pending saves written, the manager closed
-      state = _resume_and_train(config, workdir, manager, state, parts, mesh,
-                                data_key=data_key, step_key=step_key, eval_key=eval_key)
-    except BaseException:
-      with contextlib.suppress(Exception):  # the first error is the one to report
-        checkpoint.finish(manager)
-      raise
-    checkpoint.finish(manager)
-    return state
-
-
-PARTIAL_EPOCH_FILE = "partial_epoch.npz"
-
-
-def _save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):
-  """The per-step metrics of an epoch cut short by SIGTERM, so that the resumed epoch's record covers
-  the whole epoch (written atomically, beside the checkpoint of the same step)."""
-  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
-  with open(path + ".tmp", "wb") as f:
-    np.savez(f, _epoch=epoch, _first_step=first_step, _seconds=seconds, **steps)
-  os.replace(path + ".tmp", path)
-
-
-def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) -> tuple[dict[str, np.ndarray], float]:
-  """The metrics saved by `_save_partial_epoch` for steps first_step..step-1 of `epoch`, or ({}, 0)."""
-  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
-  if not os.path.exists(path):
-    return {}, 0.0
-  with np.load(path) as f:
-    saved = {k: f[k] for k in f.files}
-  steps = {k: v for k, v in saved.items() if not k.startswith("_")}
-  if (int(saved["_epoch"]) != epoch or int(saved["_first_step"]) != first_step
-      or len(steps.get("loss", ())) != step - first_step):
-    return {}, 0.0
-  return steps, float(saved["_seconds"])
-
-
-def _console_line(epoch: int, epochs: int, record: dict) -> str:
-  """The epoch's line: the total loss, each logged term (unweighted), test loss and MSE, seconds."""
-  terms = logged_terms(record)
-  detail = " (" + ", ".join(f"{t} {record['train/' + t]:.5g}" for t in terms) + ")" if len(terms) > 1 else ""
-  return (f"epoch {epoch}/{epochs}  train loss {record['train/loss']:.5f}{detail}  test loss {record['test/loss']:.5f}"
-          f"  test mse {record['test/mse']:.6f}  {record['time/epoch_s']:.1f}s")
-
-
-def _resume_and_train(config, workdir, manager, state, parts, mesh, *, data_key, step_key, eval_key):
-  """Restores the latest checkpoint into `state`, then trains epoch by epoch to config.epochs."""
-  state = checkpoint.restore_latest(manager, state, start_over=config.get("start_over_if_damaged", False))
-  main = parallel.is_main_process()  # the one process that writes files and prints
-  if main:  # only once resuming is allowed
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-  n_train = parts.data.train.x.shape[0]
-  steps_per_epoch = n_train // config.batch_size
-  start = int(state.step)
-  if start >= config.epochs * steps_per_epoch:
-    if main:
-      print(f"Run already complete: {start} steps = {config.epochs} epochs in {workdir}.")
-    return state
-  if start and main:
-    print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
-
-  model, loss_fn = parts.model, parts.loss_fn
-  train_x, test_x = parallel.replicate((parts.data.train.x, parts.data.test.x), mesh)
-  chunk = make_train_chunk(make_train_step(model, loss_fn, parts.corrupt, compute_dtype=config.compute_dtype), mesh,
-                           unroll=config.scan_unroll)
-  evaluate = make_eval(model, loss_fn, batch_size=min(config.eval_batch_size, parts.data.test.x.shape[0]),
-                       key=eval_key, corrupt=parts.corrupt, mesh=mesh)
-  with (MetricWriter(workdir) if main else contextlib.nullcontext(None)) as writer, \
-      _sigterm_requests_stop() as sigterm:
-    for epoch in range(start // steps_per_epoch, config.epochs):
-      t0 = time.perf_counter()
-      first_step = epoch * steps_per_epoch
-      idx = data.epoch_indices(data_key, epoch, n_train, config.batch_size, shuffle=config.shuffle)
-      idx = idx[int(state.step) - first_step:]
-      before, seconds_before = _load_partial_epoch(workdir, epoch, first_step, int(state.step))
-      with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
-                desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not main) as bar:
-        state, steps = run_steps(chunk, state, train_x, idx, step_key,
-                                 chunk_steps=config.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
-      stopped = steps["loss"].shape[0] < idx.shape[0]  # SIGTERM mid-epoch
-      if before:
-        steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
-      if stopped:  # keep the steps taken and their metrics, stop
-        check_params_finite(state.params, epoch=epoch + 1)
-        checkpoint.save(manager, state)
-        if main:
-          _save_partial_epoch(workdir, epoch, int(state.step) - steps["loss"].shape[0], steps,
-                              seconds_before + time.perf_counter() - t0)
-        raise _stopped(state, steps_per_epoch, workdir)
-      train = mean_metrics(steps)
-      epoch_s = seconds_before + time.perf_counter() - t0
-      whole = steps["loss"].shape[0] == steps_per_epoch
-      n_first = min(config.log_first_steps, steps_per_epoch) if whole else 0
-      record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train.items()},
-                **({} if whole else {"train/steps_in_record": int(steps["loss"].shape[0])}),
-                **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
-                **{f"test/{k}": v for k, v in evaluate(state.params, test_x).items()},
-                "time/epoch_s": epoch_s}
-      if main:
-        writer.write(int(state.step), record)
-      if before and main:
-        os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))  # now in the record
-      check_finite(record, epoch=epoch + 1)
-      check_params_finite(state.params, epoch=epoch + 1)
-      if (epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs or sigterm["stop"]:
-        checkpoint.save(manager, state)
-      if main:
-        tqdm.write(_console_line(epoch + 1, config.epochs, record))
-      if sigterm["stop"]:
-        raise _stopped(state, steps_per_epoch, workdir)
-  return state

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxae import metrics, train
+from jaxae import loop, metrics
 from tests.conftest import ROOT
 
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments/configs/*.py"))
@@ -35,7 +35,7 @@ def test_config_smoke_runs(name, idx_dir, tmp_path, restore_x64):
   config.data.train_subset = min(config.data.train_subset or 10**9, 2 * config.batch_size)
   config.data.test_subset = min(config.data.test_subset or 10**9, 16)
   config.epochs = 1
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   (record,) = metrics.read_metrics(str(tmp_path))
   assert all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)), record
   assert set(config.loss) <= {k.split("/")[1] for k in record if k.startswith("test/")}

@@ -3,7 +3,6 @@
 import os
 
 import chex
-import ml_collections
 import numpy as np
 import pytest
 
@@ -126,7 +125,7 @@ def test_real_mnist_both_sources_agree():
   idx_test = sources.load_idx(os.environ["JAXAE_IDX_DIR"], "test")
   assert tfds_test[0].shape == (10000, 28, 28, 1) and idx_test[0].shape == (10000, 28, 28)  # TFDS keeps the channel
   for source in ("tfds", "idx"):  # the shape from the metadata alone, as the benchmarks read it
-    assert data.example_shape(ml_collections.ConfigDict({"source": source, "data_dir": ""})) == (28, 28, 1)
+    assert data.example_shape(source=source, data_dir="") == (28, 28, 1)
   # Same examples in another order: compare the sorted per-image pixel sums and the label counts.
   np.testing.assert_array_equal(np.sort(tfds_test[0].reshape(10000, -1).sum(1)),
                                 np.sort(idx_test[0].reshape(10000, -1).sum(1)))

@@ -46,7 +46,7 @@ def test_no_logits_without_sigmoid_output(key):
   model = models.build("dense", encoder_features=(8, 2), decoder_features=(8, 16), output_activation="tanh")
   x = jax.random.uniform(key, (2, 16))
   out = model.apply(model.init(key, x), x)
-  assert set(out) == {"code", "recon", "first_layer"}
+  assert set(out) == {"code", "recon"}
 
 
 def test_unknown_model_and_bad_field():

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 SCRIPT = r'''
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
-from jaxae import models, objective, parallel, train
+from jaxae import loop, models, objective, parallel, train
 from jaxae.errors import UserError
 from tests.conftest import tiny_config
 
@@ -48,7 +48,7 @@ for n in (1, 8):
   evaluate = train.make_eval(model, loss_fn, batch_size=16, mesh=mesh)  # 2 batches of 16 split, 1 of 8 whole
   params, xs = parallel.replicate((final[1][0], test_x), mesh)
   evals[n] = evaluate(params, xs)
-  hlo = evaluate.scan_batches.lower(params, xs[:32].reshape(2, 16, 20), 0).compile().as_text()
+  hlo = train.make_eval_batches(model, loss_fn, mesh=mesh).lower(params, xs[:32].reshape(2, 16, 20), 0).compile().as_text()
   out[f"eval_all_reduce_{n}"] = "all-reduce" in hlo
 out["eval_max_rel_diff"] = max(abs(evals[8][k] - evals[1][k]) / abs(evals[1][k]) for k in evals[1])
 try:
@@ -59,7 +59,7 @@ except UserError as e:
 ends = {}
 for n in (1, 8):
   c = tiny_config(sys.argv[1], num_devices=n, epochs=1)
-  ends[n] = jax.device_get(train.train_and_evaluate(c, f"{sys.argv[2]}/run{n}").params)
+  ends[n] = jax.device_get(loop.train_and_evaluate(c, f"{sys.argv[2]}/run{n}").params)
 out["e2e_max_abs_diff"] = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
     lambda a, b: float(np.max(np.abs(a - b))), ends[8], ends[1])))
 # A trained run restored straight onto the 8 devices of a mesh.

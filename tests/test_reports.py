@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from experiments import vae_report
-from jaxae import report
+from jaxae import loop, report
 from experiments.configs import vae
 from jaxae import metrics, train
 
@@ -16,7 +16,7 @@ def test_vae_report_figures_and_iwae_bound(idx_dir, tmp_path):
   config.data.train_subset, config.data.test_subset = 128, 20
   config.model.kwargs.encoder_features, config.model.kwargs.decoder_features = (16,), (16, 784)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   numbers = vae_report.report(workdir, figures_dir=str(tmp_path / "fig"), num_samples=50)
   assert sorted(os.listdir(tmp_path / "fig")) == ["interpolation.png", "prior_samples.png",
                                                   "reconstructions_by_epoch.png"]

@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, data, metrics, sources, train
+from experiments import cli
+from jaxae import checkpoint, data, loop, metrics, sources
 from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 from tests.conftest import ROOT
@@ -161,11 +162,11 @@ def test_conv_model_that_cannot_take_the_data(make_config, tmp_path):
   config.model.kwargs = ml_collections.ConfigDict({"input_shape": (32, 32, 1)})
   with pytest.raises(UserError, match=r"Model 'conv' cannot take this data \(one example has shape \(784,\), an "
                                       r"image \(28, 28, 1\)\): cannot reshape .*Fix config.model.kwargs"):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
-  train.train_and_evaluate(make_config(epochs=1), str(tmp_path))  # encoder 784-32-3
+  loop.train_and_evaluate(make_config(epochs=1), str(tmp_path))  # encoder 784-32-3
   for encoder, message in [
       ((16, 3), r"params/encoder/dense_0/bias has shape \(32,\) in the checkpoint, this model expects \(16,\); "
                 r"params/encoder/dense_0/kernel has shape \(784, 32\) in the checkpoint, this model expects "
@@ -176,7 +177,7 @@ def test_checkpoint_of_another_architecture_is_refused(make_config, tmp_path):
     other.model.kwargs.encoder_features = encoder
     with pytest.raises(UserError, match=r"The checkpoint at step 8 in '.*checkpoints' was saved by another "
                                         r"model or optimizer: " + message + r".*new --workdir"):
-      train.train_and_evaluate(other, str(tmp_path))
+      loop.train_and_evaluate(other, str(tmp_path))
     manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
     assert list(manager.all_steps()) == [8]  # nothing started over, nothing saved
     manager.close()
@@ -204,10 +205,10 @@ def test_the_write_failure_is_quieted_from_any_logger_and_nothing_else_is(monkey
   import logging as logging_lib  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # pytest's own, put back after
-  checkpoint.quiet_orbax_errors()
-  checkpoint.quiet_orbax_errors()  # idempotent
+  cli.quiet_orbax_errors()
+  cli.quiet_orbax_errors()  # idempotent
   handler = logging.get_absl_handler()
-  assert handler.filters.count(checkpoint._QUIET) == 1
+  assert handler.filters.count(cli._QUIET) == 1
 
   def shown(name, level, msg, path="/x/asyncio/base_events.py", exc=None):
     exc_info = None

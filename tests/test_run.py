@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, metrics, models, objective, train
+from jaxae import checkpoint, loop, metrics, models, objective, train
 from jaxae.errors import UserError
 from jaxae.run import Components, TrainedRun
 from tests.conftest import ROOT
@@ -81,7 +81,7 @@ def _records(workdir):
 
 def test_trained_run_reads_back_what_training_left(make_config, tmp_path):
   workdir = str(tmp_path / "run")
-  state = train.train_and_evaluate(make_config(epochs=1), workdir)
+  state = loop.train_and_evaluate(make_config(epochs=1), workdir)
   run = TrainedRun.open(workdir)
   chex.assert_trees_all_equal(jax.device_get(run.params), jax.device_get(state.params))
   assert run.step == int(state.step) == 8 and run.data.image_shape == (28, 28, 1)
@@ -101,14 +101,14 @@ def test_no_x64_leak_between_runs_in_one_process(idx_dir, tmp_path):
   assert not jax.config.jax_enable_x64
   f64 = cae_theano.get_config("smoke")
   f64.data.data_dir, f64.num_devices = idx_dir, 1  # batches of 10: one device, however many are visible
-  state = train.train_and_evaluate(f64, str(tmp_path / "f64"))
+  state = loop.train_and_evaluate(f64, str(tmp_path / "f64"))
   assert not jax.config.jax_enable_x64, "a float64 run left JAX's 64-bit mode on"
   assert state.params["kernel_0"].dtype == jnp.float64
   run = TrainedRun.open(str(tmp_path / "f64"))
   assert run.encode(run.data.test.x[:4]).dtype == np.float64 and not jax.config.jax_enable_x64
   f32 = cae_theano.get_config("smoke")
   f32.data.data_dir, f32.num_devices, f32.dtype, f32.model.kwargs.param_dtype = idx_dir, 1, "float32", "float32"
-  state = train.train_and_evaluate(f32, str(tmp_path / "f32"))
+  state = loop.train_and_evaluate(f32, str(tmp_path / "f32"))
   assert state.params["kernel_0"].dtype == jnp.float32 and not jax.config.jax_enable_x64
   run32 = TrainedRun.open(str(tmp_path / "f32"))
   assert run32.data.train.x.dtype == jnp.float32 and run32.encode(run32.data.test.x[:4]).dtype == np.float32
@@ -123,15 +123,15 @@ def _damage_every_checkpoint(workdir):
 
 def test_every_checkpoint_damaged_is_an_error_unless_told_to_start_over(make_config, tmp_path):
   config = make_config(epochs=2)
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   _damage_every_checkpoint(tmp_path)
   longer = make_config(epochs=3)
   with pytest.raises(UserError, match=r"Every checkpoint in .* is damaged \(steps 8, 16;.*start_over_if_damaged=True"):
-    train.train_and_evaluate(longer, str(tmp_path))
+    loop.train_and_evaluate(longer, str(tmp_path))
   with pytest.raises(UserError, match="Every checkpoint in .* is damaged"):
     TrainedRun.open(str(tmp_path))  # reports never get untrained parameters
   longer.start_over_if_damaged = True
-  state = train.train_and_evaluate(longer, str(tmp_path))
+  state = loop.train_and_evaluate(longer, str(tmp_path))
   assert int(state.step) == 24
   names = sorted(os.listdir(tmp_path / "checkpoints"))
   assert "damaged_8" in names and "damaged_16" in names  # moved aside, not deleted
@@ -159,16 +159,16 @@ def test_preempted_mid_epoch_saves_only_and_the_resumed_records_cover_whole_epoc
   config = make_config(epochs=3, log_first_steps=2)  # 8 steps per epoch, 4 per chunk
   _sigterm_during_chunk(3, monkeypatch)  # the first chunk of epoch 2
   stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
-  with pytest.raises(train.Preempted, match=r"Stopped by SIGTERM at step 12 \(1.50 epochs done\)"):
-    train.train_and_evaluate(config, stopped)
+  with pytest.raises(loop.Preempted, match=r"Stopped by SIGTERM at step 12 \(1.50 epochs done\)"):
+    loop.train_and_evaluate(config, stopped)
   monkeypatch.undo()
   assert [r["epoch"] for r in metrics.read_metrics(stopped)] == [1]
-  assert os.path.exists(os.path.join(stopped, train.PARTIAL_EPOCH_FILE))
-  train.train_and_evaluate(config, stopped)
-  train.train_and_evaluate(config, straight)
+  assert os.path.exists(os.path.join(stopped, loop.PARTIAL_EPOCH_FILE))
+  loop.train_and_evaluate(config, stopped)
+  loop.train_and_evaluate(config, straight)
   assert _records(stopped) == _records(straight)  # epoch 2's record: all 8 steps, its first steps logged
   assert "train/step0/loss" in _records(stopped)[1]
-  assert not os.path.exists(os.path.join(stopped, train.PARTIAL_EPOCH_FILE))
+  assert not os.path.exists(os.path.join(stopped, loop.PARTIAL_EPOCH_FILE))
 
 
 def test_a_resumed_epoch_without_its_first_steps_says_so(make_config, tmp_path, monkeypatch):
@@ -177,11 +177,11 @@ def test_a_resumed_epoch_without_its_first_steps_says_so(make_config, tmp_path, 
   from experiments import cae_report  # pylint: disable=g-import-not-at-top
   config = make_config(epochs=2, log_first_steps=2)
   _sigterm_during_chunk(1, monkeypatch)
-  with pytest.raises(train.Preempted):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(loop.Preempted):
+    loop.train_and_evaluate(config, str(tmp_path))
   monkeypatch.undo()
-  os.remove(tmp_path / train.PARTIAL_EPOCH_FILE)
-  train.train_and_evaluate(config, str(tmp_path))
+  os.remove(tmp_path / loop.PARTIAL_EPOCH_FILE)
+  loop.train_and_evaluate(config, str(tmp_path))
   first = metrics.read_metrics(str(tmp_path))[0]
   assert first["train/steps_in_record"] == 4 and "train/step0/loss" not in first
   first.update({"train/bce": 1.0, "train/contractive": 1.0, "test/bce": 1.0})
@@ -197,7 +197,7 @@ def test_custom_term_and_model_read_back_through_report_and_compare(make_config,
   config.model.kwargs = {"code": 5}
   config.loss = {"bce": 1.0, "jacobian_ortho": 1e-3}
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch 2/2")][0]
   assert re.search(r"train loss \S+ \(bce \S+, jacobian_ortho \S+\)", line), line  # every term on the console
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -253,7 +253,7 @@ def test_a_model_without_the_interface_is_refused_before_training(make_config, t
     config = make_config()
     config.model.name, config.model.kwargs = "notrain", {}
     with pytest.raises(UserError, match="__call__ takes no `train` keyword"):
-      train.train_and_evaluate(config, str(tmp_path))
+      loop.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
   finally:
     models.MODELS.pop("notrain")
@@ -293,7 +293,7 @@ def test_readme_own_model_example_runs():
 
 def test_readme_trained_run_example_runs(make_config, tmp_path):
   workdir = str(tmp_path / "s1")
-  train.train_and_evaluate(make_config(epochs=1), workdir)
+  loop.train_and_evaluate(make_config(epochs=1), workdir)
   namespace = {}
   code = _section_code("Use a trained run from Python").replace('"runs/s1"', repr(workdir))
   exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
@@ -306,19 +306,19 @@ def test_torn_files_heal(make_config, tmp_path, caplog):
   """A metrics line cut short (a kill or a full disk mid-write) is cut off before the next record, readers
   skip it, and a config.json that does not parse is one clear error with the way back."""
   config = make_config(epochs=1)
-  train.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
     f.write('{"step": 96, "epoch": 3, "train/lo')
   with caplog.at_level("WARNING"):
     assert [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [1]  # the torn line skipped
   assert "torn" in caplog.text
-  train.train_and_evaluate(make_config(epochs=2), str(tmp_path))
+  loop.train_and_evaluate(make_config(epochs=2), str(tmp_path))
   assert [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [1, 2]  # epoch 2 on a line of its own
   assert "half-written line" in caplog.text
   (tmp_path / "config.json").write_text('{"seed": 0, "model": {')
   with pytest.raises(UserError, match=r"config.json does not parse .*allow_config_change=True"):
-    train.train_and_evaluate(make_config(epochs=3), str(tmp_path))
+    loop.train_and_evaluate(make_config(epochs=3), str(tmp_path))
   with pytest.raises(UserError, match=r"config.json does not parse .*allow_config_change=True"):
     TrainedRun.open(str(tmp_path))
-  state = train.train_and_evaluate(make_config(epochs=3, allow_config_change=True), str(tmp_path))
+  state = loop.train_and_evaluate(make_config(epochs=3, allow_config_change=True), str(tmp_path))
   assert int(state.step) == 24 and TrainedRun.open(str(tmp_path)).step == 24  # recovered as the error said

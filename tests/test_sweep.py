@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import compare
-from jaxae import data, metrics, stats, sweep, train
+from jaxae import data, loop, metrics, stats, sweep
 from jaxae.errors import UserError
 from tests.conftest import ROOT, tiny_config
 
@@ -35,10 +35,9 @@ def finished(idx_dir, tmp_path_factory):
   """A 2 x 2 sweep (two learning rates, seeds 0 and 1) of 2 epochs, trained once for this module's tests;
   returns (root, its progress lines, how often the data was read)."""
   root = str(tmp_path_factory.mktemp("sweep"))
-  real, reads, lines = data._load, [], []
+  real, reads, lines = data.load_dataset, [], []
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(data, "_LOADED", {})  # nothing cached by earlier tests
-    mp.setattr(data, "_load", lambda *a, **k: reads.append(1) or real(*a, **k))
+    mp.setattr(data, "load_dataset", lambda *a, **k: reads.append(1) or real(*a, **k))
     assert sweep.run_sweep(tiny_config(idx_dir, epochs=2), GRID, [0, 1], root, log=lines.append) == 0
   return root, lines, len(reads)
 
@@ -70,8 +69,8 @@ def test_a_second_sweep_skips_finished_runs_and_resumes_the_unfinished_one(finis
   root = str(tmp_path / "sweep")
   shutil.copytree(finished[0], root)
   base = make_config(epochs=2)
-  real, trained = train.train_and_evaluate, []
-  monkeypatch.setattr(train, "train_and_evaluate", lambda c, w, **k: trained.append(w) or real(c, w, **k))
+  real, trained = loop.fit, []
+  monkeypatch.setattr(loop, "fit", lambda c, w, **k: trained.append(w) or real(c, w, **k))
   lines = []
   sweep.run_sweep(base, GRID, [0, 1], root, log=lines.append)
   assert trained == [] and all(": skipped (finished), test/loss " in line for line in lines), lines

@@ -10,13 +10,14 @@ import flax.linen as nn
 
 from jaxae.errors import UserError
 from jaxae.models.conv import ConvAE
-from jaxae.models.dense import DenseAE, MLP, count_params
+from jaxae.models.dense import MLP, DenseAE, EncoderSplit, count_params
 from jaxae.models.tied import TiedAE, theano_sigmoid_uniform
 from jaxae.models.vae import VAE
 
 MODELS: dict[str, type[nn.Module]] = {"dense": DenseAE, "tied": TiedAE, "conv": ConvAE, "vae": VAE}
 INTERFACE = ("encode(x) -> code, decode(h) -> reconstruction, and __call__(x, *, train=False) -> a dict with "
-             "'code' and 'recon' (and 'logits' for a sigmoid output)")
+             "'code' and 'recon' (and 'logits' for a sigmoid output); optionally split_encoder() -> EncoderSplit, "
+             "which makes the exact contractive penalty much cheaper")
 
 
 def register(name: str, *, replace: bool = False) -> Callable[[type[nn.Module]], type[nn.Module]]:

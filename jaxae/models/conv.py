@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.models.dense import outputs
+from jaxae.models.dense import EncoderSplit, outputs
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
@@ -45,15 +45,18 @@ class ConvAE(nn.Module):
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., H*W*C] -> code [..., H/4 * W/4]."""
-    return self.encode_rest(self.encode_first(x))
+    return self._rest(self._first(x))
 
-  # The encoder split after its first convolution (the factored exact penalty; no first_kernel: the layer
-  # is not a dense matrix, its transpose is applied by reverse mode).
-  def encode_first(self, x: jax.Array) -> jax.Array:
+  def split_encoder(self) -> EncoderSplit:
+    """The encoder split after its first convolution (see EncoderSplit; no kernel: the layer is not a dense
+    matrix, its transpose is applied by reverse mode)."""
+    return EncoderSplit(self._first, self._rest, None)
+
+  def _first(self, x: jax.Array) -> jax.Array:
     """x: [..., H*W*C] -> the first convolution's output [..., H, W, 128], before its ReLU."""
     return self.enc[0](x.reshape(x.shape[:-1] + tuple(self.input_shape)))
 
-  def encode_rest(self, z1: jax.Array) -> jax.Array:
+  def _rest(self, z1: jax.Array) -> jax.Array:
     lead = z1.shape[:-3]
     h = z1.reshape((-1,) + z1.shape[-3:])
     h = _max_pool(nn.relu(h))

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+class EncoderSplit(NamedTuple):
+  """A model's encoder split after its first affine layer, what the factored exact contractive penalty needs
+  (jaxae.losses.factored_jacobian_sq_norm). A model offers it through one optional method,
+  `split_encoder()`; without it the penalty differentiates `encode` whole, exact but slower.
+
+  Attributes:
+    first: one example x [D] -> z1, the first layer's pre-activation, affine in x (x W1 + b1, a convolution).
+    rest: z1 -> the code [K]: every activation and layer after it.
+    kernel: W1 [D, H1] when first(x) = x W1 + b1, else None (a convolution: its transpose is applied by
+      reverse mode).
+  """
+  first: Callable[[jax.Array], jax.Array]
+  rest: Callable[[jax.Array], jax.Array]
+  kernel: jax.Array | None
+
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "elu", "softplus", "linear")
 
@@ -28,7 +45,7 @@ class MLP(nn.Module):
 
   Works on one example [D] or a batch [..., D]. With `dropout` > 0 each hidden activation is dropped
   at that rate when train=True (inverted dropout; the "dropout" PRNG stream). `first` and `rest` split it
-  after the first layer's pre-activation (for the factored contractive penalty).
+  after the first layer's pre-activation (for `EncoderSplit`).
   """
   features: Sequence[int]
   activation: str = "relu"
@@ -104,15 +121,9 @@ class DenseAE(nn.Module):
     """x: [..., D] -> code [..., K]."""
     return self.encoder(x)
 
-  # The encoder split after its first layer's pre-activation z1 = x W1 + b1 (the factored exact penalty).
-  def encode_first(self, x: jax.Array) -> jax.Array:
-    return self.encoder.first(x)
-
-  def encode_rest(self, z1: jax.Array) -> jax.Array:
-    return self.encoder.rest(z1)
-
-  def first_kernel(self) -> jax.Array:
-    return self.encoder.first_kernel()
+  def split_encoder(self) -> EncoderSplit:
+    """The encoder split after its first layer's pre-activation z1 = x W1 + b1 (see EncoderSplit)."""
+    return EncoderSplit(self.encoder.first, self.encoder.rest, self.encoder.first_kernel())
 
   def decode(self, h: jax.Array) -> jax.Array:
     """code [..., K] -> reconstruction [..., D], output activation applied."""
@@ -120,9 +131,8 @@ class DenseAE(nn.Module):
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x: [..., D] -> {"code": [..., K], "recon": [..., D][, "logits": [..., D]]}."""
-    z1 = self.encoder.first(x)
-    code = self.encoder.rest(z1, train=train)
-    return {**outputs(code, self.decoder(code, train=train), self.output_activation), "first_layer": z1}
+    code = self.encoder(x, train=train)
+    return outputs(code, self.decoder(code, train=train), self.output_activation)
 
 
 def mirrored(decoder_features: Sequence[int], hidden: Sequence[int], input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -137,9 +147,7 @@ def mirrored(decoder_features: Sequence[int], hidden: Sequence[int], input_shape
 
 def outputs(code: jax.Array, pre: jax.Array, output_activation: str) -> dict[str, jax.Array]:
   """A model's output dict from its code and decoder pre-activation: "code", "recon" and, for a
-  sigmoid output, "logits" (what binary cross-entropy reads). Models with a dense first layer add
-  "first_layer", its pre-activation z1, which the factored contractive penalty reads (sharing the forward
-  pass's z1 lets the gradient through the first layer be one product, not two)."""
+  sigmoid output, "logits" (what binary cross-entropy reads)."""
   out = {"code": code, "recon": activation_fn(output_activation)(pre)}
   if output_activation == "sigmoid":
     out["logits"] = pre

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.models.dense import activation_fn, outputs
+from jaxae.models.dense import EncoderSplit, activation_fn, outputs
 
 # W ~ U(+-4 sqrt(6 / (fan_in + fan_out))), the sigmoid initialisation of the Theano tutorials
 # (Glorot uniform with 16 times the variance).
@@ -52,21 +52,21 @@ class TiedAE(nn.Module):
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., D] -> code [..., K]."""
-    return self.encode_rest(self.encode_first(x))
+    return self._rest(self._first(x))
 
-  # The encoder split after its first layer's pre-activation z1 = x W1 + b1 (the factored exact penalty).
-  def encode_first(self, x: jax.Array) -> jax.Array:
+  def split_encoder(self) -> EncoderSplit:
+    """The encoder split after its first layer's pre-activation z1 = x W1 + b1 (see EncoderSplit)."""
+    return EncoderSplit(self._first, self._rest, self.kernels[0])
+
+  def _first(self, x: jax.Array) -> jax.Array:
     return x @ self.kernels[0] + self.biases[0]
 
-  def encode_rest(self, z1: jax.Array) -> jax.Array:
+  def _rest(self, z1: jax.Array) -> jax.Array:
     act = activation_fn(self.activation)
     h = act(z1)
     for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
       h = act(h @ kernel + bias)
     return h
-
-  def first_kernel(self) -> jax.Array:
-    return self.kernels[0]
 
   def _decode_pre(self, h: jax.Array) -> jax.Array:
     act = activation_fn(self.activation)
@@ -83,6 +83,5 @@ class TiedAE(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
     """x: [..., D] -> {"code", "recon"[, "logits"]}."""
     del train
-    z1 = self.encode_first(x)
-    code = self.encode_rest(z1)
-    return {**outputs(code, self._decode_pre(code), self.output_activation), "first_layer": z1}
+    code = self.encode(x)
+    return outputs(code, self._decode_pre(code), self.output_activation)

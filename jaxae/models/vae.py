@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxae.models.dense import MLP, activation_fn, mirrored, outputs
+from jaxae.models.dense import MLP, EncoderSplit, activation_fn, mirrored, outputs
 
 
 class VAE(nn.Module):
@@ -53,15 +53,9 @@ class VAE(nn.Module):
     """x: [..., D] -> mu [..., L], the deterministic code (what Jacobians and probes use)."""
     return self.posterior(x)[0]
 
-  # The encoder (to mu) split after its first layer's pre-activation (the factored exact penalty).
-  def encode_first(self, x: jax.Array) -> jax.Array:
-    return self.trunk.first(x)
-
-  def encode_rest(self, z1: jax.Array) -> jax.Array:
-    return self.mu_head(self.trunk.rest(z1))
-
-  def first_kernel(self) -> jax.Array:
-    return self.trunk.first_kernel()
+  def split_encoder(self) -> EncoderSplit:
+    """The encoder (to mu) split after its first layer's pre-activation (see EncoderSplit)."""
+    return EncoderSplit(self.trunk.first, lambda z1: self.mu_head(self.trunk.rest(z1)), self.trunk.first_kernel())
 
   def decoder_logits(self, z: jax.Array) -> jax.Array:
     """z: [..., L] -> decoder pre-activation [..., D] (Bernoulli logits for a sigmoid output)."""
@@ -75,10 +69,8 @@ class VAE(nn.Module):
     """x: [..., D] -> {"code": z, "mu", "logvar", "recon"[, "logits"]}; z is sampled when the "latent"
     stream is given."""
     del train
-    z1 = self.trunk.first(x)
-    h = self.trunk.rest(z1)
-    mu, logvar = self.mu_head(h), self.logvar_head(h)
+    mu, logvar = self.posterior(x)
     z = mu
     if self.has_rng("latent"):
       z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
-    return {**outputs(z, self.decoder(z), self.output_activation), "mu": mu, "logvar": logvar, "first_layer": z1}
+    return {**outputs(z, self.decoder(z), self.output_activation), "mu": mu, "logvar": logvar}

@@ -1,0 +1,289 @@
+"""The host loop: restore, epochs of compiled chunks, progress, NaN guard, preemption, saves and evaluation.
+
+  state = loop.train_and_evaluate(config, workdir)   # resumes from workdir's latest checkpoint
+
+Everything that computes is built by jaxae.train (pure, jit-able); this module only drives it and touches
+files. Only process 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxae import checkpoint, data, parallel, settings, train
+from jaxae.errors import UserError
+from jaxae.files import atomic_write
+from jaxae.metrics import MetricWriter, check_finite, check_params_finite, logged_terms, mean_metrics
+from jaxae.run import CONFIG_FILE, Components
+
+PARTIAL_EPOCH_FILE = "partial_epoch.npz"
+
+
+class Preempted(Exception):
+  """Raised by `fit` after SIGTERM, once the state is saved: the process should exit now (the same command
+  resumes the run)."""
+
+
+def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The checks that need no data: the run's own fields, a writable workdir, and no other run's
+  checkpoints in it. Raises UserError."""
+  Components.check_config(config)
+  _prepare_workdir(workdir)
+  checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change,
+                                   resumable=settings.RESUMABLE_CHANGES)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       components: Components | None = None) -> train.TrainState:
+  """Trains `config` into `workdir`, resuming from its latest checkpoint; returns the final state.
+
+  Writes workdir/config.json, workdir/checkpoints/<step>, workdir/metrics.jsonl and TensorBoard files
+  under workdir/tensorboard. Raises Preempted after SIGTERM, once the state is saved.
+
+  Args:
+    config: the experiment's ConfigDict (experiments/configs/).
+    workdir: the run's folder.
+    components: the config's Components when already built (its data already loaded).
+  """
+  check_run(config, workdir)
+  return fit(components or Components.from_config(config), workdir)
+
+
+def fit(components: Components, workdir: str) -> train.TrainState:
+  """Trains the run that `components` describe into `workdir` (checked by `check_run`); see
+  `train_and_evaluate`."""
+  s = components.settings
+  with checkpoint.workdir_lock(workdir), components.precision():
+    n_train = components.data.train.x.shape[0]
+    if s.batch_size > n_train:
+      raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
+                      "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
+                      "keeps all).")
+    mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices))
+    parallel.check_batch_size(s.batch_size, mesh)
+    if mesh.devices.size < jax.device_count() and not s.num_devices and parallel.is_main_process():
+      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: batch_size={s.batch_size} "
+            f"divides over no more of them (set --config.num_devices=N to choose).")
+    note = components.penalty_mode()
+    if note and parallel.is_main_process():
+      print(note)
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=s.keep_checkpoints)
+    try:  # one way out for every path: pending saves written, the manager closed
+      state = _resume_and_train(components, workdir, manager, mesh)
+    except BaseException:
+      with contextlib.suppress(Exception):  # the first error is the one to report
+        checkpoint.finish(manager)
+      raise
+    checkpoint.finish(manager)
+    return state
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A run's compiled pieces on one mesh: its initial state, chunk of steps, evaluation, keys and data on
+  the devices (what `fit` drives and a benchmark can drive the same way)."""
+  components: Components
+  state: train.TrainState  # the initial one, before any restore
+  chunk: Callable
+  evaluate: Callable
+  train_x: jax.Array
+  test_x: jax.Array
+  data_key: jax.Array
+  step_key: jax.Array
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.train_x.shape[0] // self.components.settings.batch_size
+
+  def epoch_indices(self, epoch: int) -> jax.Array:
+    """The batches of `epoch`, [steps_per_epoch, batch_size] example indices."""
+    s = self.components.settings
+    return data.epoch_indices(self.data_key, epoch, self.train_x.shape[0], s.batch_size, shuffle=s.shuffle)
+
+
+def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
+  """The run's keys (from its seed), initial state, jitted chunk and evaluation, and data, on `mesh`."""
+  s, d = components.settings, components.data
+  init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(s.seed), 4)
+  state = parallel.replicate(train.create_state(init_key, components.model, components.tx, d.train.x[0]), mesh)
+  step = train.make_train_step(components.model, components.loss_fn, components.corrupt, compute_dtype=s.compute_dtype)
+  evaluate = train.make_eval(components.model, components.loss_fn, batch_size=min(s.eval_batch_size, d.test.x.shape[0]),
+                             key=eval_key, corrupt=components.corrupt, mesh=mesh)
+  train_x, test_x = parallel.replicate((d.train.x, d.test.x), mesh)
+  return Program(components, state, train.make_train_chunk(step, mesh, unroll=s.scan_unroll), evaluate,
+                 train_x, test_x, data_key, step_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Epochs:
+  """What every epoch of one run shares: its program, workdir and checkpoint manager."""
+  program: Program
+  workdir: str
+  manager: object
+  main: bool  # the one process that writes files and prints
+
+
+def _resume_and_train(components: Components, workdir: str, manager, mesh) -> train.TrainState:
+  """Restores the latest checkpoint, then trains epoch by epoch to the configured number."""
+  s, program = components.settings, build(components, mesh)
+  state = checkpoint.restore_latest(manager, program.state, start_over=s.start_over_if_damaged)
+  main = parallel.is_main_process()
+  if main:  # only once resuming is allowed
+    with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
+      f.write(components.config_json)
+  start, steps_per_epoch = int(state.step), program.steps_per_epoch
+  if start >= s.epochs * steps_per_epoch:
+    if main:
+      print(f"Run already complete: {start} steps = {s.epochs} epochs in {workdir}.")
+    return state
+  if start and main:
+    print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
+  run = _Epochs(program, workdir, manager, main)
+  with (MetricWriter(workdir) if main else contextlib.nullcontext(None)) as writer, \
+      _sigterm_requests_stop() as sigterm:
+    for epoch in range(start // steps_per_epoch, s.epochs):
+      state = _train_epoch(run, state, epoch, writer, sigterm)
+  return state
+
+
+def _train_epoch(run: _Epochs, state, epoch: int, writer, sigterm: dict):
+  """One epoch (or what is left of it after a resume): steps, record, checks, save; raises Preempted after
+  SIGTERM, once saved."""
+  p, s = run.program, run.program.components.settings
+  t0, first_step, steps_per_epoch = time.perf_counter(), epoch * p.steps_per_epoch, p.steps_per_epoch
+  idx = p.epoch_indices(epoch)[int(state.step) - first_step:]
+  before, seconds_before = _load_partial_epoch(run.workdir, epoch, first_step, int(state.step))
+  with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
+            desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not run.main) as bar:
+    state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
+                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
+  stopped = steps["loss"].shape[0] < idx.shape[0]  # SIGTERM mid-epoch
+  if before:
+    steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
+  seconds = seconds_before + time.perf_counter() - t0
+  if stopped:  # keep the steps taken and their metrics, stop
+    check_params_finite(state.params, epoch=epoch + 1)
+    checkpoint.save(run.manager, state)
+    if run.main:
+      _save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
+    raise _stopped(state, steps_per_epoch, run.workdir)
+  record = _epoch_record(run, state, epoch, steps, seconds)
+  check_finite(record, epoch=epoch + 1)  # before the record is written: a diverged epoch leaves none
+  if run.main:
+    writer.write(int(state.step), record)
+    if before:
+      os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))  # now in the record
+  check_params_finite(state.params, epoch=epoch + 1)
+  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or sigterm["stop"]:
+    checkpoint.save(run.manager, state)
+  if run.main:
+    tqdm.write(_console_line(epoch + 1, s.epochs, record))
+  if sigterm["stop"]:
+    raise _stopped(state, steps_per_epoch, run.workdir)
+  return state
+
+
+def _epoch_record(run: _Epochs, state, epoch: int, steps: dict[str, np.ndarray], seconds: float) -> dict:
+  """The epoch's metrics record: train means, the first steps if asked, test metrics, wall time."""
+  p = run.program
+  whole = steps["loss"].shape[0] == p.steps_per_epoch
+  n_first = min(p.components.settings.log_first_steps, p.steps_per_epoch) if whole else 0
+  return {"epoch": epoch + 1, **{f"train/{k}": v for k, v in mean_metrics(steps).items()},
+          **({} if whole else {"train/steps_in_record": int(steps["loss"].shape[0])}),
+          **{f"train/step{i}/{k}": float(v[i]) for k, v in steps.items() for i in range(n_first)},
+          **{f"test/{k}": v for k, v in p.evaluate(state.params, p.test_x).items()},
+          "time/epoch_s": seconds}
+
+
+def run_steps(chunk: Callable, state: train.TrainState, data_x: jax.Array, idx: jax.Array, step_key: jax.Array, *,
+              chunk_steps: int, bar: tqdm | None = None, stop: Callable[[], bool] = lambda: False
+              ) -> tuple[train.TrainState, dict[str, np.ndarray]]:
+  """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
+  and its running loss advance per chunk. Returns the state and the per-step metrics on the host,
+  [S] or fewer when `stop()` turned true after a chunk."""
+  per_step, loss_sum, taken = [], 0.0, 0
+  for i in range(0, idx.shape[0], chunk_steps):
+    if per_step and stop():
+      break
+    state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
+    per_step.append(jax.device_get(m))
+    loss_sum, taken = loss_sum + float(np.sum(per_step[-1]["loss"])), taken + len(per_step[-1]["loss"])
+    if bar is not None:
+      bar.update(len(per_step[-1]["loss"]))
+      bar.set_postfix(loss=f"{loss_sum / taken:.4f}")
+  return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
+
+
+@contextlib.contextmanager
+def _sigterm_requests_stop():
+  """Inside: SIGTERM (preemption) sets the returned flag instead of killing the process."""
+  requested = {"stop": False}
+  def handler(signum, frame):
+    del signum, frame
+    requested["stop"] = True
+  try:
+    previous = signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # not the main thread: leave signals alone
+    yield requested
+    return
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(state, steps_per_epoch: int, workdir: str) -> Preempted:
+  step = int(state.step)
+  return Preempted(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
+                   f"saved in {workdir}. Run the same command to resume.")
+
+
+def _prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
+                    "Pass --workdir=PATH with a folder you can create and write.") from e
+
+
+def _save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):
+  """The per-step metrics of an epoch cut short by SIGTERM, so that the resumed epoch's record covers
+  the whole epoch (written atomically, beside the checkpoint of the same step)."""
+  with atomic_write(os.path.join(workdir, PARTIAL_EPOCH_FILE), "wb") as f:
+    np.savez(f, _epoch=epoch, _first_step=first_step, _seconds=seconds, **steps)
+
+
+def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) -> tuple[dict[str, np.ndarray], float]:
+  """The metrics saved by `_save_partial_epoch` for steps first_step..step-1 of `epoch`, or ({}, 0)."""
+  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
+  if not os.path.exists(path):
+    return {}, 0.0
+  with np.load(path) as f:
+    saved = {k: f[k] for k in f.files}
+  steps = {k: v for k, v in saved.items() if not k.startswith("_")}
+  if (int(saved["_epoch"]) != epoch or int(saved["_first_step"]) != first_step
+      or len(steps.get("loss", ())) != step - first_step):
+    return {}, 0.0
+  return steps, float(saved["_seconds"])
+
+
+def _console_line(epoch: int, epochs: int, record: dict) -> str:
+  """The epoch's line: the total loss, each logged term (unweighted), test loss and MSE, seconds."""
+  terms = logged_terms(record)
+  detail = " (" + ", ".join(f"{t} {record['train/' + t]:.5g}" for t in terms) + ")" if len(terms) > 1 else ""
+  return (f"epoch {epoch}/{epochs}  train loss {record['train/loss']:.5f}{detail}  test loss {record['test/loss']:.5f}"
+          f"  test mse {record['test/mse']:.6f}  {record['time/epoch_s']:.1f}s")
