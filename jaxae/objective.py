@@ -121,13 +121,12 @@ def weight_decay(inp: LossInputs) -> jax.Array:
   return losses.kernels_sq_norm(inp.params)
 
 
-def encoder_split(inp: LossInputs) -> EncoderSplit | None:
-  """The model's `split_encoder()` for one example with the parameters bound, or None when the model does
-  not offer it (see jaxae.models.EncoderSplit)."""
-  model = inp.model
+def encoder_split(model, params) -> EncoderSplit | None:
+  """The model's `split_encoder()` for one example with `params` bound, or None when the model does not offer
+  it (see jaxae.models.EncoderSplit)."""
   if model is None or not callable(getattr(model, "split_encoder", None)):
     return None
-  variables = {"params": inp.params}
+  variables = {"params": params}
   first = lambda x: model.apply(variables, x, method=lambda m, x: m.split_encoder().first(x))
   rest = lambda z: model.apply(variables, z, method=lambda m, z: m.split_encoder().rest(z))
   return EncoderSplit(first, rest, model.apply(variables, method=lambda m: m.split_encoder().kernel))
@@ -147,7 +146,7 @@ def contractive_mode(inp: LossInputs, mode: str) -> tuple[str, str]:
   "factored" open to it when the model splits its encoder after a dense first layer."""
   if mode != "auto":
     return mode, "named in the config"
-  split = encoder_split(inp)
+  split = encoder_split(inp.model, inp.params)
   return losses.choose_mode(inp.encode, inp.x_in[0], split=split is not None and split.kernel is not None)
 
 
@@ -169,7 +168,7 @@ def contractive(inp: LossInputs, *, mode: str = "auto", num_projections: int = 1
     return jnp.mean(losses.projected_jacobian_sq_norm(_needs_key(inp, "contractive"), inp.encode, inp.x_in,
                                                       num_projections=num_projections))
   if mode in ("factored", "closed_form"):
-    split = encoder_split(inp)
+    split = encoder_split(inp.model, inp.params)
     if split is None:
       raise UserError(f"contractive mode {mode!r} needs a model that splits its encoder after the first layer "
                       "(the method split_encoder()); this one does not. Use mode 'auto' or 'jacfwd' (exact for any "

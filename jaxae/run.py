@@ -262,6 +262,21 @@ class TrainedRun:
       return np.concatenate([np.asarray(fn(self.params, x[i:i + batch_size]))
                              for i in range(0, x.shape[0], batch_size)])
 
+  def jacobian_sq_norm(self, x, *, batch_size: int = 500) -> np.ndarray:
+    """Exact ||dh/dx||_F^2 [N] at examples x [N, D], at the price the model's structure allows: factored
+    through its first layer when it offers `split_encoder` (the closed form for one dense sigmoid layer,
+    without forming any Jacobian), else the whole Jacobian by the cheaper of jacfwd and jacrev."""
+    if "sq_norm" not in self._jitted:
+      def sq_norm(p, xb):
+        split = objective.encoder_split(self.model, p)
+        if split is None or split.kernel is None:
+          return jnp.sum(losses.jacobian(bind_encode(self.model, p), xb).reshape(xb.shape[0], -1) ** 2, axis=-1)
+        return losses.factored_jacobian_sq_norm(split.first, split.rest, xb, kernel=split.kernel)
+      self._jitted["sq_norm"] = jax.jit(sq_norm)
+    with self.precision():
+      return np.concatenate([np.asarray(self._jitted["sq_norm"](self.params, x[i:i + batch_size]))
+                             for i in range(0, x.shape[0], batch_size)])
+
   def evaluate(self, x, *, corrupted: bool = False, key: jax.Array | None = None) -> dict[str, float]:
     """The run's loss terms and per-pixel MSE averaged over x [N, D], as training evaluates them;
     `corrupted` feeds the model the config's corruption of x (the target stays x)."""

@@ -97,7 +97,7 @@ def test_factored_equals_jacfwd_jacrev_and_finite_differences(x64, key, name):
     if np.max(np.asarray(fwd)) > 1e-6:
       break
   assert np.max(np.asarray(fwd)) > 1e-6, fwd  # Jacobians that are not all dead units
-  first, rest, kernel = objective.encoder_split(inp)
+  first, rest, kernel = objective.encoder_split(inp.model, inp.params)
   got = jax.jit(lambda x: losses.factored_jacobian_sq_norm(first, rest, x, kernel=kernel))(inp.x_in)
   np.testing.assert_allclose(got, fwd, rtol=1e-12)
   np.testing.assert_allclose(got, rev, rtol=1e-12)
@@ -124,7 +124,7 @@ def test_factored_parameter_gradient_equals_jacfwd(x64, key, name):
 
 def test_closed_form_is_found_from_the_structure(x64, key):
   inp = _random_inputs(key, "tied sigmoid")
-  first, rest, kernel = objective.encoder_split(inp)
+  first, rest, kernel = objective.encoder_split(inp.model, inp.params)
   assert losses.is_elementwise(rest, first(inp.x_in[0]))
   np.testing.assert_allclose(objective.from_weights({"contractive": 1.0}, {"contractive": {"mode": "closed_form"}})(inp)[0],
                              jnp.mean(losses.sigmoid_jacobian_sq_norm(inp.out["code"], inp.params["kernel_0"])),

@@ -93,6 +93,9 @@ def test_trained_run_reads_back_what_training_left(make_config, tmp_path):
   jac = run.jacobian(x[:3])
   assert jac.shape == (3, 3, 784)
   np.testing.assert_allclose(jac, jax.vmap(jax.jacfwd(run.encode_one()))(x[:3]), rtol=1e-5, atol=1e-6)
+  # The squared norm through the model's split (factored: no Jacobian formed) equals the whole Jacobian's.
+  np.testing.assert_allclose(run.jacobian_sq_norm(x, batch_size=7), np.sum(run.jacobian(x) ** 2, axis=(1, 2)),
+                             rtol=1e-4)
   assert run.evaluate(run.data.test.x)["loss"] == pytest.approx(run.records()[-1]["test/loss"], rel=1e-5)
 
 
