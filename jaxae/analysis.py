@@ -31,9 +31,8 @@ def jacobian_singular_values(encode: Callable, x: jax.Array, *, batch_size: int 
   Returns:
     [N, min(K, D)] singular values.
   """
-  svals = jax.jit(lambda xb: jnp.linalg.svd(losses.jacobian(encode, xb).reshape(xb.shape[0], -1, xb[0].size),
-                                            compute_uv=False))
-  return jnp.concatenate([svals(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+  return jnp.asarray(batched(lambda xb: jnp.linalg.svd(losses.jacobian(encode, xb).reshape(xb.shape[0], -1, xb[0].size),
+                                                       compute_uv=False), x, batch_size=batch_size))
 
 
 def jacobian_tangents(encode: Callable, x: jax.Array, *, num: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +59,8 @@ def jacobian_frobenius_norm(encode: Callable, x: jax.Array, *, batch_size: int =
   """||dh/dx||_F at each point: [N], exact (jacfwd or jacrev, the cheaper).
 
   Rifai et al. (2011), Table 1, reports its mean over the test set."""
-  norms = jax.jit(lambda xb: jnp.sqrt(jnp.sum(losses.jacobian(encode, xb).reshape(xb.shape[0], -1) ** 2, axis=-1)))
-  return jnp.concatenate([norms(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+  return jnp.asarray(batched(lambda xb: jnp.sqrt(jnp.sum(losses.jacobian(encode, xb).reshape(xb.shape[0], -1) ** 2,
+                                                        axis=-1)), x, batch_size=batch_size))
 
 
 def contraction_ratios(key: jax.Array, encode: Callable, x: jax.Array, radii: Sequence[float], *,
@@ -143,10 +142,13 @@ def iwae_bound(key: jax.Array, posterior: Callable, decoder_logits: Callable, x:
 
 # Features, PCA and anomaly scores: what researchers do with a trained encoder (README, "Uses").
 
-def batched(fn: Callable, x: jax.Array, *, batch_size: int = 1000) -> np.ndarray:
-  """fn (jitted here) applied to x [N, ...] `batch_size` rows at a time, concatenated on the host."""
-  fn = jax.jit(fn)
-  return np.concatenate([np.asarray(fn(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)])
+def batched(fn: Callable, x, *, batch_size: int = 1000, jit: bool = True):
+  """fn applied to x [N, ...] `batch_size` rows at a time (jitted here unless `jit` is False: pass a function
+  jitted once to reuse its compilation), its outputs (any pytree) concatenated on the host as numpy arrays.
+  The one batched loop of jaxae: analyses, TrainedRun and the studies call it."""
+  fn = jax.jit(fn) if jit else fn
+  outs = [jax.device_get(fn(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
+  return jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)
 
 
 def linear_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray,

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxae import checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
+from jaxae import analysis, checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
 from jaxae.errors import UserError
 from jaxae.settings import Settings
 from jaxae.train import bind_encode
@@ -233,8 +233,7 @@ class TrainedRun:
       self._jitted[method] = jax.jit(lambda p, xb: self.model.apply({"params": p}, xb, method=method))
     fn = self._jitted[method]
     with self.precision():
-      batches = [jax.device_get(fn(self.params, x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *batches)
+      return analysis.batched(functools.partial(fn, self.params), x, batch_size=batch_size, jit=False)
 
   def encode(self, x, *, batch_size: int = 1000) -> np.ndarray:
     """Codes [N, K] of examples x [N, D]."""
@@ -259,8 +258,7 @@ class TrainedRun:
       self._jitted["jacobian", mode] = jax.jit(lambda p, xb: losses.jacobian(bind_encode(self.model, p), xb, mode=mode))
     fn = self._jitted["jacobian", mode]
     with self.precision():
-      return np.concatenate([np.asarray(fn(self.params, x[i:i + batch_size]))
-                             for i in range(0, x.shape[0], batch_size)])
+      return analysis.batched(functools.partial(fn, self.params), x, batch_size=batch_size, jit=False)
 
   def jacobian_sq_norm(self, x, *, batch_size: int = 500) -> np.ndarray:
     """Exact ||dh/dx||_F^2 [N] at examples x [N, D], at the price the model's structure allows: factored
@@ -274,8 +272,8 @@ class TrainedRun:
         return losses.factored_jacobian_sq_norm(split.first, split.rest, xb, kernel=split.kernel)
       self._jitted["sq_norm"] = jax.jit(sq_norm)
     with self.precision():
-      return np.concatenate([np.asarray(self._jitted["sq_norm"](self.params, x[i:i + batch_size]))
-                             for i in range(0, x.shape[0], batch_size)])
+      return analysis.batched(functools.partial(self._jitted["sq_norm"], self.params), x, batch_size=batch_size,
+                              jit=False)
 
   def evaluate(self, x, *, corrupted: bool = False, key: jax.Array | None = None) -> dict[str, float]:
     """The run's loss terms and per-pixel MSE averaged over x [N, D], as training evaluates them;
