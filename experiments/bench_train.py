@@ -113,12 +113,12 @@ def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile:
   key = jax.random.PRNGKey(0)
   batch = config.batch_size
   shape = tuple(map(int, FLAGS.image_shape)) if FLAGS.image_shape else data.example_shape(**config.data.to_dict())
-  parts = Components.from_config(config, dataset=data.synthetic(key, shape, n_train=steps * batch))
-  model, x = parts.model, parts.data.train.x
-  state = train.create_state(key, model, parts.tx, x[0])
+  components = Components.from_config(config, dataset=data.synthetic(key, shape, n_train=steps * batch))
+  model, x = components.model, components.data.train.x
+  state = train.create_state(key, model, components.tx, x[0])
   state, x = parallel.replicate((state, x), mesh)
   idx = jnp.arange(steps * batch).reshape(steps, batch)
-  step_fn = train.make_train_step(model, parts.loss_fn, parts.corrupt, compute_dtype=config.compute_dtype)
+  step_fn = train.make_train_step(model, components.loss_fn, components.corrupt, compute_dtype=config.compute_dtype)
   flops = jax.jit(step_fn).lower(state, x[:batch], key).compile().cost_analysis()
   flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
   chunk = train.make_train_chunk(step_fn, mesh, unroll=config.scan_unroll)
@@ -131,7 +131,7 @@ def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile:
     holder["state"] = jax.block_until_ready(compiled(holder["state"], x, idx, key)[0])
   per_step = median_seconds(run, repeats) / steps
   ops = op_shares(run) if profile else ([], [])
-  return {"ops": ops, "config": spec, "d": parts.data.size, "batch": batch, "compile_s": compile_s, "steps_s": 1 / per_step,
+  return {"ops": ops, "config": spec, "d": components.data.size, "batch": batch, "compile_s": compile_s, "steps_s": 1 / per_step,
           "examples_s": batch / per_step, "gflop_step": flops / 1e9, "gflops": flops / per_step / 1e9}
 
 

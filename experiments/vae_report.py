@@ -16,31 +16,12 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from jaxae import analysis, checkpoint, figures, metrics, train
+from jaxae import analysis, figures, metrics
 from jaxae.errors import UserError
 from jaxae.report import one_per_class
 from jaxae.run import TrainedRun
 
 FLAGS = flags.FLAGS
-
-
-def checkpoint_params(run: TrainedRun) -> dict[int, dict]:
-  """{step: params} of every readable checkpoint kept in the run's workdir."""
-  manager = checkpoint.make_manager(os.path.join(run.workdir, "checkpoints"))
-  try:
-    with run.precision():
-      like = train.create_state(jax.random.PRNGKey(0), run.model, run.components.tx, run.data.train.x[0])
-      kept = {}
-      for step in sorted(manager.all_steps()):
-        try:
-          kept[step] = checkpoint.restore_step(manager, step, like).params
-        except UserError:
-          raise
-        except Exception as e:  # pylint: disable=broad-except  (a damaged checkpoint: drawn without it)
-          logging.warning("Checkpoint at step %d is damaged (%s); left out of the figure.", step, type(e).__name__)
-      return kept
-  finally:
-    manager.close()
 
 
 def iwae_test_bound(key, model, params, x, *, num_samples: int, batch_size: int = 100) -> np.ndarray:
@@ -92,7 +73,7 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
                             value_range=value_range,
                             title="Decoded straight lines between the posterior means of two test examples"),
          "interpolation.png")
-    kept = checkpoint_params(run)
+    kept = run.checkpoint_params()
     if len(kept) > 1:
       x = test.x[np.array(list(first.values()))]
       steps_per_epoch = run.data.train.x.shape[0] // config.batch_size

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import socket
-import time
 
 import jax
 import numpy as np
@@ -16,39 +11,6 @@ from jax.experimental import multihost_utils
 from absl import logging
 
 from jaxae.errors import UserError
-
-LOCK_FILE = ".lock"
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str):
-  """Inside: this run holds `workdir`; a second run started on it raises UserError naming the holder.
-
-  The lock is an flock on workdir/.lock, which the operating system drops when its process ends, however it
-  ends: a killed run never blocks the next one. Only process 0 of a run takes it: the processes of one
-  multi-host run share the workdir by design (on a shared filesystem without flock, such as some NFS
-  setups, the lock holds per host only).
-  """
-  if jax.process_index() != 0:
-    yield
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    holder = os.read(fd, 500).decode("utf-8", "replace").strip() or "another process"
-    os.close(fd)
-    raise UserError(f"{workdir!r} is in use by another run ({holder}). Wait for it to end or stop it, or train "
-                    "into another --workdir.") from None
-  try:
-    os.ftruncate(fd, 0)
-    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
-    yield
-  finally:
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    os.close(fd)
-
 
 def make_manager(directory: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
   """A manager over `directory`; checkpoints are named by the train step they hold.
@@ -181,35 +143,3 @@ def _differences(saved: dict, expected: dict) -> list[str]:
       lines.append(f"{path} has shape {tuple(saved[path])} in the checkpoint, this model expects "
                    f"{tuple(expected[path])}")
   return lines
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def refuse_changed_config(workdir: str, config_json: str, *, allow: bool, resumable=()) -> None:
-  """Raises UserError when `workdir` holds checkpoints of a run whose config.json differs from
-  `config_json` in a field outside `resumable` (dotted names; unless `allow`); the message lists old -> new."""
-  path, ckpts = os.path.join(workdir, "config.json"), os.path.join(workdir, "checkpoints")
-  has_checkpoint = os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
-  if allow or not os.path.exists(path) or not has_checkpoint:
-    return
-  try:
-    with open(path, encoding="utf-8") as f:
-      old = _flatten(json.load(f))
-  except json.JSONDecodeError as e:
-    raise UserError(f"{path} does not parse ({e.msg} at line {e.lineno}), so this run's config cannot be checked. "
-                    "If this is the command that trained it, add --config.allow_config_change=True: it rewrites "
-                    "config.json and resumes from the checkpoints.") from e
-  new = _flatten(json.loads(config_json))
-  changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-             if k not in resumable and old.get(k) != new.get(k)]
-  if changed:
-    raise UserError(f"{workdir!r} holds a run of another config ({'; '.join(changed)}). Use a new --workdir, "
-                    "or pass --config.allow_config_change=True to resume it with the new values.")

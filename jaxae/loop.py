@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxae import checkpoint, data, parallel, settings, train
+from jaxae import workdir as workdir_lib
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
 from jaxae.metrics import MetricWriter, check_finite, check_params_finite, logged_terms, mean_metrics
@@ -38,8 +39,8 @@ def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The checks that need no data: the run's own fields, a writable workdir, and no other run's
   checkpoints in it. Raises UserError."""
   Components.check_config(config)
-  _prepare_workdir(workdir)
-  checkpoint.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change,
+  workdir_lib.prepare(workdir)
+  workdir_lib.refuse_changed_config(workdir, config.to_json_best_effort(), allow=config.allow_config_change,
                                    resumable=settings.RESUMABLE_CHANGES)
 
 
@@ -63,7 +64,7 @@ def fit(components: Components, workdir: str) -> train.TrainState:
   """Trains the run that `components` describe into `workdir` (checked by `check_run`); see
   `train_and_evaluate`."""
   s = components.settings
-  with checkpoint.workdir_lock(workdir), components.precision():
+  with workdir_lib.lock(workdir), components.precision():
     n_train = components.data.train.x.shape[0]
     if s.batch_size > n_train:
       raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
@@ -246,18 +247,6 @@ def _stopped(state, steps_per_epoch: int, workdir: str) -> Preempted:
   step = int(state.step)
   return Preempted(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
                    f"saved in {workdir}. Run the same command to resume.")
-
-
-def _prepare_workdir(workdir: str) -> None:
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"Cannot write to the workdir {workdir!r} ({e.strerror or e}). "
-                    "Pass --workdir=PATH with a folder you can create and write.") from e
 
 
 def _save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):

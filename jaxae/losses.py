@@ -39,7 +39,7 @@ def sigmoid_bce(logits: jax.Array, x: jax.Array) -> jax.Array:
   """Element-wise binary cross-entropy of targets x in [0, 1] against sigmoid(logits), exact for any logit.
 
   max(l, 0) - x l + log1p(exp(-|l|)): one exp and one log1p per element, where optax's form evaluates two
-  log-sigmoids (the S4 dense step in a one-off timing: 1.8 against 2.5 ms; docs/devices.md). The
+  log-sigmoids (faster; docs/devices.md has the timing). The
   derivative is given, not traced through max and abs (whose autodiff at l = 0 says 0 - x instead of
   1/2 - x): d/dl = sigmoid(l) - x, formed as 1 - x - sigmoid(-l) for l >= 0 so that it keeps its digits
   when sigmoid(l) and x are both near 1; d/dx = -l.

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from jaxae import analysis, checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
 from jaxae.errors import UserError
@@ -259,6 +260,26 @@ class TrainedRun:
     fn = self._jitted["jacobian", mode]
     with self.precision():
       return analysis.batched(functools.partial(fn, self.params), x, batch_size=batch_size, jit=False)
+
+  def checkpoint_params(self) -> dict[int, Any]:
+    """{step: params} of every readable checkpoint kept in the workdir (a damaged one is left out with a
+    warning; one saved by another model raises UserError)."""
+    manager = checkpoint.make_manager(os.path.join(self.workdir, "checkpoints"))
+    try:
+      with self.precision():
+        like = train.create_state(jax.random.PRNGKey(0), self.model, self.components.tx, self.data.train.x[0])
+        kept = {}
+        for step in sorted(manager.all_steps()):
+          try:
+            kept[step] = checkpoint.restore_step(manager, step, like).params
+          except UserError:
+            raise
+          except Exception as e:  # pylint: disable=broad-except  (a damaged checkpoint: left out)
+            logging.warning("Checkpoint at step %d in %s is damaged (%s); left out.", step, self.workdir,
+                            type(e).__name__)
+        return kept
+    finally:
+      manager.close()
 
   def jacobian_sq_norm(self, x, *, batch_size: int = 500) -> np.ndarray:
     """Exact ||dh/dx||_F^2 [N] at examples x [N, D], at the price the model's structure allows: factored

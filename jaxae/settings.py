@@ -16,7 +16,7 @@ class Settings:
   """What the host loop needs of a config, as plain values (experiments/configs/default.py documents each).
 
   `resumable` fields may change when a run resumes (how long it runs, how it logs and saves); any other
-  changed field makes a different run, which `checkpoint.refuse_changed_config` refuses.
+  changed field makes a different run, which `workdir.refuse_changed_config` refuses.
   """
   seed: int
   batch_size: int = dataclasses.field(metadata={"positive": True})

@@ -93,8 +93,8 @@ def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None
   Runs S steps as one `lax.scan`; each batch is gathered on the device from `data_x` by index, so
   there is no Python and no host transfer per step. The state is donated. With a `mesh` (state and
   data replicated over it, see jaxae.parallel) each batch is split over its "data" axis. `unroll`
-  steps go into each loop iteration (XLA:CPU runs convolutions inside a loop about 8x slower than
-  outside one, so the conv configs unroll their whole chunk).
+  steps go into each loop iteration (XLA:CPU runs convolutions inside a loop much slower than outside one,
+  so the conv configs unroll their whole chunk; docs/devices.md).
   """
   @functools.partial(jax.jit, donate_argnums=0)
   def chunk(state, data_x, idx, step_key):
@@ -138,13 +138,13 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
   def evaluate(params, x: jax.Array) -> dict[str, float]:
     n = x.shape[0]
     full = (n // batch_size) * batch_size
-    parts, sizes = [], []
+    per_batch, sizes = [], []
     if full:
-      parts.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1]), 0))
+      per_batch.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1]), 0))
       sizes.append(np.full(full // batch_size, batch_size))
     if n > full:
-      parts.append(scan_batches(params, x[None, full:], full // batch_size))
+      per_batch.append(scan_batches(params, x[None, full:], full // batch_size))
       sizes.append(np.array([n - full]))
     w = np.concatenate(sizes) / n
-    return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in parts]))) for k in parts[0]}
+    return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in per_batch]))) for k in per_batch[0]}
   return evaluate

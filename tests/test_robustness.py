@@ -258,3 +258,26 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes(idx_dir, tiny_filesys
   again = subprocess.run([sys.executable, "-m", "experiments.main", *flags], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600, check=False)
   assert again.returncode == 0 and f"Resuming from step {last} " in again.stdout, again.stderr[-3000:]
+
+
+def test_a_filesystem_without_flock_warns_once_and_trains(tmp_path, monkeypatch, caplog):
+  """Only "held by another process" refuses a workdir; any other flock failure (NFS, Lustre, gcsfuse) warns."""
+  import errno  # pylint: disable=g-import-not-at-top
+  from jaxae import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  def no_locks(fd, op):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(workdir_lib.fcntl, "flock", no_locks)
+  with caplog.at_level("WARNING"):
+    with workdir_lib.lock(str(tmp_path)):
+      pass
+  assert [r.getMessage() for r in caplog.records if "Cannot lock" in r.getMessage()] == [
+      f"Cannot lock {tmp_path} (No locks available); training without the lock: make sure no other run uses this "
+      "workdir."]
+
+  def held(fd, op):
+    raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+  monkeypatch.setattr(workdir_lib.fcntl, "flock", held)
+  with pytest.raises(UserError, match="is in use by another run"):
+    with workdir_lib.lock(str(tmp_path)):
+      pass
