@@ -31,8 +31,8 @@ PARTIAL_EPOCH_FILE = "partial_epoch.npz"
 
 
 class Preempted(Exception):
-  """Raised by `fit` after SIGTERM, once the state is saved: the process should exit now (the same command
-  resumes the run)."""
+  """Raised by `fit` after SIGTERM or Ctrl-C (SIGINT), once the state is saved: the process should exit now
+  (the same command resumes the run)."""
 
 
 def check_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -151,15 +151,15 @@ def _resume_and_train(components: Components, workdir: str, manager, mesh) -> tr
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
   run = _Epochs(program, workdir, manager, main)
   with (MetricWriter(workdir) if main else contextlib.nullcontext(None)) as writer, \
-      _sigterm_requests_stop() as sigterm:
+      _stop_requests() as stop:
     for epoch in range(start // steps_per_epoch, s.epochs):
-      state = _train_epoch(run, state, epoch, writer, sigterm)
+      state = _train_epoch(run, state, epoch, writer, stop)
   return state
 
 
-def _train_epoch(run: _Epochs, state, epoch: int, writer, sigterm: dict):
+def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
   """One epoch (or what is left of it after a resume): steps, record, checks, save; raises Preempted after
-  SIGTERM, once saved."""
+  SIGTERM or Ctrl-C, once saved."""
   p, s = run.program, run.program.components.settings
   t0, first_step, steps_per_epoch = time.perf_counter(), epoch * p.steps_per_epoch, p.steps_per_epoch
   idx = p.epoch_indices(epoch)[int(state.step) - first_step:]
@@ -167,8 +167,8 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, sigterm: dict):
   with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
             desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not run.main) as bar:
     state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
-                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: sigterm["stop"])
-  stopped = steps["loss"].shape[0] < idx.shape[0]  # SIGTERM mid-epoch
+                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: bool(stop["stop"]))
+  stopped = steps["loss"].shape[0] < idx.shape[0]  # a stop signal mid-epoch
   if before:
     steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
   seconds = seconds_before + time.perf_counter() - t0
@@ -177,7 +177,7 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, sigterm: dict):
     checkpoint.save(run.manager, state)
     if run.main:
       _save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
-    raise _stopped(state, steps_per_epoch, run.workdir)
+    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"])
   record = _epoch_record(run, state, epoch, steps, seconds)
   check_finite(record, epoch=epoch + 1)  # before the record is written: a diverged epoch leaves none
   if run.main:
@@ -185,12 +185,12 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, sigterm: dict):
     if before:
       os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))  # now in the record
   check_params_finite(state.params, epoch=epoch + 1)
-  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or sigterm["stop"]:
+  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stop["stop"]:
     checkpoint.save(run.manager, state)
   if run.main:
     tqdm.write(_console_line(epoch + 1, s.epochs, record))
-  if sigterm["stop"]:
-    raise _stopped(state, steps_per_epoch, run.workdir)
+  if stop["stop"]:
+    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"])
   return state
 
 
@@ -225,27 +225,34 @@ def run_steps(chunk: Callable, state: train.TrainState, data_x: jax.Array, idx: 
   return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, and Ctrl-C
+
+
 @contextlib.contextmanager
-def _sigterm_requests_stop():
-  """Inside: SIGTERM (preemption) sets the returned flag instead of killing the process."""
-  requested = {"stop": False}
+def _stop_requests():
+  """Inside: SIGTERM (preemption) or SIGINT (Ctrl-C) sets the returned flag ("stop": the signal's name) instead
+  of killing the process; the run saves and stops after the chunk in flight. A second Ctrl-C interrupts at once."""
+  requested = {"stop": ""}
   def handler(signum, frame):
-    del signum, frame
-    requested["stop"] = True
+    del frame
+    if requested["stop"] and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    requested["stop"] = signal.Signals(signum).name
   try:
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
   except ValueError:  # not the main thread: leave signals alone
     yield requested
     return
   try:
     yield requested
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for sig, old in previous.items():
+      signal.signal(sig, old)
 
 
-def _stopped(state, steps_per_epoch: int, workdir: str) -> Preempted:
+def _stopped(state, steps_per_epoch: int, workdir: str, signal_name: str) -> Preempted:
   step = int(state.step)
-  return Preempted(f"Stopped by SIGTERM at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
+  return Preempted(f"Stopped by {signal_name} at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
                    f"saved in {workdir}. Run the same command to resume.")
 
 

@@ -141,8 +141,9 @@ def test_every_checkpoint_damaged_is_an_error_unless_told_to_start_over(make_con
   chex.assert_trees_all_equal(jax.device_get(TrainedRun.open(str(tmp_path)).params), jax.device_get(state.params))
 
 
-def _sigterm_during_chunk(n: int, monkeypatch) -> None:
-  """The process gets SIGTERM (as from a scheduler) while the n-th compiled chunk of steps is called."""
+def _sigterm_during_chunk(n: int, monkeypatch, sig=signal.SIGTERM) -> None:
+  """The process gets SIGTERM (as from a scheduler; or `sig`, e.g. Ctrl-C's SIGINT) while the n-th compiled chunk
+  of steps is called."""
   real, calls = train.make_train_chunk, []
 
   def chunk_that_gets_sigterm(*args, **kwargs):
@@ -151,18 +152,19 @@ def _sigterm_during_chunk(n: int, monkeypatch) -> None:
     def run(*a):
       calls.append(1)
       if len(calls) == n:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
       return chunk(*a)
     return run
   monkeypatch.setattr(train, "make_train_chunk", chunk_that_gets_sigterm)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])  # a scheduler's preemption, and Ctrl-C
 def test_preempted_mid_epoch_saves_only_and_the_resumed_records_cover_whole_epochs(make_config, tmp_path,
-                                                                                   monkeypatch):
+                                                                                   monkeypatch, sig):
   config = make_config(epochs=3, log_first_steps=2)  # 8 steps per epoch, 4 per chunk
-  _sigterm_during_chunk(3, monkeypatch)  # the first chunk of epoch 2
+  _sigterm_during_chunk(3, monkeypatch, sig)  # the first chunk of epoch 2
   stopped, straight = str(tmp_path / "stopped"), str(tmp_path / "straight")
-  with pytest.raises(loop.Preempted, match=r"Stopped by SIGTERM at step 12 \(1.50 epochs done\)"):
+  with pytest.raises(loop.Preempted, match=rf"Stopped by {sig.name} at step 12 \(1.50 epochs done\)"):
     loop.train_and_evaluate(config, stopped)
   monkeypatch.undo()
   assert [r["epoch"] for r in metrics.read_metrics(stopped)] == [1]
