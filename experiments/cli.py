@@ -1,6 +1,8 @@
 """What the commands share and the library never does: flag parsing with bad flags in one line, and the
 changes to the process (log filters, the unraisable hook, one voice in a multi-process run)."""
 
+import difflib
+import importlib
 import logging as logging_lib
 import os
 import re
@@ -10,35 +12,89 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxae import checkpoint, parallel
+from jaxae import checkpoint, models, objective, parallel, run, sources
+from jaxae.errors import UserError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
+LOSS_FLAG = re.compile(r"^--config\.loss\.([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with bad flags answered in one line instead of a traceback."""
+  """absl flag parsing, with bad flags answered in one line instead of a traceback. `--list` prints what can be
+  named and exits; `--config.loss.NAME=W` adds or reweights any registered loss term."""
+  if "--list" in argv[1:]:
+    print(listing())
+    sys.exit(0)
+  loss = [(a, *LOSS_FLAG.match(a).groups()) for a in argv[1:] if LOSS_FLAG.match(a)]
+  sys.argv = [a for a in sys.argv if not LOSS_FLAG.match(a)]  # config_flags reads its overrides from sys.argv
   try:
-    rest = flags.FLAGS(argv)
+    rest = flags.FLAGS([a for a in argv if not LOSS_FLAG.match(a)])
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
     if not os.path.isfile(path):
       known = ", ".join(sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f[0] != "_"))
       print(f"error: config file {path!r} does not exist. Pass --config=experiments/configs/NAME.py; "
             f"known configs: {known}.", file=sys.stderr)
       sys.exit(2)
+    _set_loss_terms(flags.FLAGS.config, loss)
     return rest
   except (AttributeError, KeyError) as e:  # an override names a field the config does not have
-    bad = " ".join(a.split("=")[0] for a in argv[1:] if a.startswith("--config."))
-    guess = re.search(r'Did you mean "([^"]+)"', str(e))
-    print(f"error: unknown config field in {bad or 'the overrides'}"
-          + (f"; did you mean {guess.group(1)!r}?" if guess else ".")
-          + " Use a field the config file defines; fields cannot be added from the command line.",
-          file=sys.stderr)
+    print(f"error: {_unknown_field(e, argv)}", file=sys.stderr)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
   except flags.Error as e:
     print(f"error: {e}. See the config file for the fields and their types.", file=sys.stderr)
   except Exception as e:  # pylint: disable=broad-except  (config files that fail to load)
     print(f"error: could not load the config ({type(e).__name__}: {' '.join(str(e).split())}). Pass "
-          "--config=experiments/configs/NAME.py with an existing config file.", file=sys.stderr)
+          "--config=experiments/configs/NAME.py[:VARIANT] with an existing config file and variant.", file=sys.stderr)
   sys.exit(2)
+
+
+def _unknown_field(e: Exception, argv: list[str]) -> str:
+  """The one override that names a field the config lacks, and the close match config_flags found."""
+  text = str(e).replace("\\", "")
+  key = next(iter(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)), "")
+  bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+  guess = re.search(r'Did you mean "([^"]+)"', text)
+  return (f"unknown config field {bad[0] if bad else key!r}" + (f"; did you mean {guess.group(1)!r}?" if guess else ".")
+          + " Use a field the config file defines (loss terms can be added: --config.loss.NAME=W; "
+          "python -m experiments.main --list names them).")
+
+
+def _set_loss_terms(config, loss: list[tuple[str, str, str]]) -> None:
+  """Adds or reweights the loss terms of --config.loss.NAME=W flags; UserError naming a flag with an
+  unknown term (with the close matches) or a weight that is not a number."""
+  if not loss:
+    return
+  run.import_modules(config.imports)  # a config's own terms are registered there
+  for flag, name, value in loss:
+    if name not in objective.TERMS:
+      close = difflib.get_close_matches(name, list(objective.TERMS), n=3)
+      raise UserError(f"{flag.split('=')[0]}: no loss term {name!r}" + (f"; did you mean {' or '.join(close)}?"
+                      if close else "") + f" Known terms: {', '.join(sorted(objective.TERMS))}.")
+    try:
+      weight = float(value)
+    except ValueError:
+      raise UserError(f"{flag}: a loss weight is a number, e.g. --config.loss.{name}=0.1.") from None
+    with config.unlocked():
+      config.loss[name] = weight
+
+
+def listing() -> str:
+  """What a config can name, one line each: loss terms, models, data sources, configs and their variants."""
+  first = lambda obj: ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
+  lines = ["loss terms (--config.loss.NAME=W):"]
+  lines += [f"  {n:<14} {first(f)}" for n, f in sorted(objective.TERMS.items())]
+  lines += ["models (--config.model.name=NAME):"] + [f"  {n:<14} {first(c)}" for n, c in sorted(models.MODELS.items())]
+  lines += ["data sources (--config.data.source=NAME):"]
+  lines += [f"  {n:<14} {first(src.read)}" for n, src in sources.SOURCES.items()]
+  lines += ["configs (--config=experiments/configs/NAME.py[:VARIANT][,smoke]):"]
+  for name in sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and f[0] != "_" and f != "default.py"):
+    module = importlib.import_module(f"experiments.configs.{name}")
+    variants = getattr(module, "VARIANTS", ())
+    lines.append(f"  {name + '.py':<18} {first(module)}" + (f" [{', '.join(variants)}]" if variants else ""))
+  return "\n".join(lines)
 
 
 class _OrbaxErrorsRestated(logging_lib.Filter):

@@ -56,9 +56,37 @@ def _assert_one_clear_error(result, *needles):
 
 
 def test_unknown_config_field(idx_dir, tmp_path):
-  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), "--config.model.kwargs.activaton=relu")
-  _assert_one_clear_error(result, "unknown config field in --config.model.kwargs.activaton",
+  result = run_main("--config", CONFIG, "--workdir", str(tmp_path), "--config.epochs=2",
+                    "--config.model.kwargs.activaton=relu", "--config.batch_size=16")
+  _assert_one_clear_error(result, "unknown config field '--config.model.kwargs.activaton'",
                           "did you mean 'activation'")
+  error = next(line for line in result.stderr.splitlines() if line.startswith("error: "))
+  assert "--config.epochs" not in error and "--config.batch_size" not in error  # the bad flag alone
+
+
+def test_loss_terms_from_the_command_line(idx_dir, tmp_path):
+  """--config.loss.NAME=W adds a registered term the config lacks; an unknown name is refused naming that flag."""
+  workdir = str(tmp_path / "run")
+  result = run_main("--config", CONFIG, "--workdir", workdir, *idx_flags(idx_dir), "--config.epochs=1",
+                    "--config.loss.contractive=0.1", "--config.loss.mse=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "contractive penalty: mode factored" in result.stdout.splitlines()[0]  # the first line: the mode and why
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["loss"] == {"mse": 2.0, "contractive": 0.1}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    assert "train/contractive" in json.loads(f.readline())
+  bad = run_main("--config", CONFIG, "--workdir", str(tmp_path / "bad"), "--config.epochs=2",
+                 "--config.loss.contractiv=0.1")
+  _assert_one_clear_error(bad, "--config.loss.contractiv: no loss term 'contractiv'; did you mean contractive")
+  assert "--config.epochs" not in bad.stderr
+
+
+def test_list_names_terms_models_sources_and_configs():
+  result = run_main("--list")
+  assert result.returncode == 0, result.stderr[-2000:]
+  for needle in ("loss terms", "  contractive ", "models", "  tied ", "data sources", "  npz ", "configs",
+                 "  undercomplete.py ", "[l1, kl, none, dropout]"):
+    assert needle in result.stdout, result.stdout
 
 
 def test_config_file_that_does_not_exist(tmp_path):
