@@ -44,7 +44,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
   except flags.Error as e:
-    print(f"error: {e}. See the config file for the fields and their types.", file=sys.stderr)
+    raised = re.findall(r"^\w*(?:Error|Exception): (.+)$", str(e), re.M)  # the config file's own error, if any
+    print(f"error: could not load the config: {raised[-1]}" if raised else
+          f"error: {e}. See the config file for the fields and their types.", file=sys.stderr)
   except Exception as e:  # pylint: disable=broad-except  (config files that fail to load)
     print(f"error: could not load the config ({type(e).__name__}: {' '.join(str(e).split())}). Pass "
           "--config=experiments/configs/NAME.py[:VARIANT] with an existing config file and variant.", file=sys.stderr)
@@ -134,6 +136,17 @@ def quiet_orbax_errors() -> None:
     if _QUIET not in where.filters:
       where.addFilter(_QUIET)
   sys.unraisablehook = _quiet_unraisable
+
+
+def one_line_errors(main):
+  """`main` of a command with a UserError (the user's to fix) printed as one `error:` line, exit status 2."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  return wrapped
 
 
 def start_command(*, distributed: bool = False) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments.cli import one_line_errors, start_command
 from jaxae import metrics
 from jaxae.report import make_figures
 from jaxae.run import TrainedRun
@@ -25,9 +26,10 @@ def summary_row(workdir: str) -> str:
           f"{last['test/mse']:.5f} | {steady:.2f} | {times[0]:.2f} |")
 
 
+@one_line_errors
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  start_command()  # Orbax logs every restore at INFO
   for path in make_figures(TrainedRun.open(flags.FLAGS.workdir), out_dir=flags.FLAGS.figures_dir):
     print(path)
   print("| run | epochs | test loss | test MSE per pixel | s/epoch | first epoch s (with compile) |")

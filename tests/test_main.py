@@ -205,3 +205,12 @@ def test_a_quiet_start_unless_asked(idx_dir, tmp_path):
   loud = run_main("--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=1", "--workdir", str(tmp_path),
                   env={"JAXAE_VERBOSE": "1", "TF_ENABLE_ONEDNN_OPTS": "", "TF_CPP_MIN_LOG_LEVEL": ""})
   assert loud.returncode == 0 and "oneDNN" in loud.stderr, loud.stderr[-2000:]
+
+
+def test_a_config_variant_typo_and_a_report_of_no_run_are_one_line(tmp_path):
+  typo = run_main("--config", "experiments/configs/undercomplete.py:smok", "--workdir", str(tmp_path))
+  _assert_one_clear_error(typo, "Unknown config argument 'smok'; give one of s1, code12")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  report = subprocess.run([sys.executable, "-m", "experiments.report", "--workdir", str(tmp_path / "none")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+  _assert_one_clear_error(report, "holds no run (no config.json); train into it first")
