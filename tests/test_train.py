@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, loop, models, objective, train
+from jaxae import checkpoint, loop, metrics, models, objective, train
 from jaxae.errors import UserError
 from jaxae.run import Components, TrainedRun
 
@@ -114,6 +114,11 @@ def test_sgd_and_weight_decay_as_pytorch(key):
   chex.assert_trees_all_close(updates["w"], -0.1 * (grads["w"] + 0.01 * params["w"]), rtol=1e-6)
   with pytest.raises(UserError, match="Unknown optimizer 'lbfgs'; known: adam, sgd"):
     train.make_optimizer("lbfgs", learning_rate=1.0)
+  for bad in (float("nan"), float("inf"), 0.0, -1e-3):  # refused before any step, not after an epoch of NaN
+    with pytest.raises(UserError, match="learning_rate must be a finite number > 0"):
+      train.make_optimizer("adam", learning_rate=bad)
+  with pytest.raises(UserError, match="weight_decay must be a finite number >= 0"):
+    train.make_optimizer("sgd", learning_rate=0.1, weight_decay=float("nan"))
 
 
 def _params(workdir):
@@ -189,6 +194,7 @@ def test_divergence_keeps_the_last_good_checkpoint(make_config, tmp_path):
   manager = checkpoint.make_manager(str(tmp_path / "checkpoints"))
   assert list(manager.all_steps()) == [8, 16]  # nothing saved after the last good epoch
   manager.close()
+  assert [r["epoch"] for r in metrics.read_metrics(str(tmp_path))] == [1, 2]  # no record of the diverged epoch
   chex.assert_tree_all_finite(TrainedRun.open(str(tmp_path)).params)
 
 
