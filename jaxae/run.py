@@ -34,11 +34,20 @@ DTYPES = ("float32", "float64")
 CONFIG_FILE = "config.json"
 
 
-def precision(dtype: str) -> contextlib.AbstractContextManager:
-  """JAX's 64-bit mode on for a "float64" run and off for any other, inside the block only: nothing
-  leaks into the next run of the process. Arrays made inside keep their dtype; compute on float64
-  arrays inside such a block (outside it, JAX would quietly compute in float32)."""
-  return jax.enable_x64(dtype == "float64")
+MATMUL_PRECISIONS = ("highest", "high", "default")
+
+
+@contextlib.contextmanager
+def precision(dtype: str, matmul_precision: str = "highest"):
+  """The block a run computes in, and nothing leaks out of it into the next run of the process:
+  - JAX's 64-bit mode on for a "float64" run and off for any other (arrays made inside keep their dtype;
+    outside such a block JAX would quietly compute float64 arrays in float32);
+  - float32 matmuls and convolutions at `matmul_precision` (jax.default_matmul_precision, read when a function
+    is traced): "highest" is exact float32 on every backend; "high" (bfloat16_3x / TF32 on GPUs) and "default"
+    (one bfloat16 pass on TPUs, TF32 on recent NVIDIA GPUs) trade digits for speed. The CPU computes float32
+    exactly whatever the setting."""
+  with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision(matmul_precision):
+    yield
 
 
 def import_modules(names) -> None:
@@ -91,6 +100,13 @@ class Components:
     bad value; returns the loop's settings."""
     if config.dtype not in DTYPES:
       raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
+    if config.matmul_precision not in MATMUL_PRECISIONS:
+      raise UserError(f"Unknown matmul_precision {config.matmul_precision!r}; known: {', '.join(MATMUL_PRECISIONS)} "
+                      "('highest', the default, is exact float32 on every backend).")
+    if config.dtype == "float64" and jax.default_backend() == "tpu":
+      raise UserError("dtype='float64' on a TPU: TPUs have no float64 arithmetic (JAX refuses it or emulates it very "
+                      "slowly). Run float64 configs on a CPU or GPU, or set --config.dtype=float32 (and "
+                      "--config.model.kwargs.param_dtype=float32 where the model has it) with matmul_precision 'highest'.")
     _optimizer(config.optimizer)
     return Settings.from_config(config)
 
@@ -101,7 +117,7 @@ class Components:
 
   def precision(self) -> contextlib.AbstractContextManager:
     """The block in which this run computes (see `precision`)."""
-    return precision(self.config.dtype)
+    return precision(self.config.dtype, self.config.matmul_precision)
 
   def init_params(self, key: jax.Array):
     """The model's initial parameters from `key` (shapes from one training example)."""

@@ -6,6 +6,7 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -235,3 +236,35 @@ def test_a_config_without_a_current_field_is_refused_in_one_line(make_config, tm
     TrainedRun.open(workdir)
 
 
+
+
+@pytest.mark.parametrize("model_name", ["dense", "conv"])
+def test_the_train_step_carries_the_configured_matmul_precision(make_config, model_name):
+  """Every dot and convolution of a float32 run's compiled train step is at the config's precision: "highest"
+  (exact float32, the default) unless a user opts into the fast passes; read from the lowered HLO, which names
+  the precision on any backend."""
+  import re  # pylint: disable=g-import-not-at-top
+  texts = {}
+  for precision in ("highest", "default"):
+    config = make_config(matmul_precision=precision)
+    if model_name == "conv":
+      config.model.name, config.model.kwargs = "conv", ml_collections.ConfigDict()
+    components = Components.from_config(config)
+    with components.precision():
+      state = train.create_state(jax.random.PRNGKey(0), components.model, components.tx, components.data.train.x[0])
+      chunk = train.make_train_chunk(train.make_train_step(components.model, components.loss_fn))
+      idx = jnp.zeros((2, 4), jnp.int32)
+      texts[precision] = chunk.lower(state, components.data.train.x[:8], idx, jax.random.PRNGKey(1)).as_text()
+  ops = re.findall(r"stablehlo\.(?:dot_general|convolution)[^\n]*", texts["highest"])
+  assert len(ops) >= (6 if model_name == "conv" else 4), ops  # forward and backward, every layer
+  assert all("HIGHEST" in op for op in ops), [op for op in ops if "HIGHEST" not in op][:3]
+  assert not any("HIGHEST" in op for op in re.findall(r"stablehlo\.(?:dot_general|convolution)[^\n]*", texts["default"]))
+
+
+def test_float64_on_a_tpu_and_an_unknown_precision_are_refused(make_config, monkeypatch):
+  with pytest.raises(UserError, match="Unknown matmul_precision 'exact'"):
+    Components.check_config(make_config(matmul_precision="exact"))
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  with pytest.raises(UserError, match="dtype='float64' on a TPU: TPUs have no float64 arithmetic"):
+    Components.check_config(make_config(dtype="float64"))
+  Components.check_config(make_config())  # float32 is fine there

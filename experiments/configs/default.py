@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0                      # root key: split once into init, data order and step keys
   c.dtype = "float32"             # "float64" switches on JAX's 64-bit mode (data and losses in float64)
   c.compute_dtype = ""            # "bfloat16": forward/backward in bfloat16, parameters and optimizer in dtype
+  c.matmul_precision = "highest"  # float32 matmuls/convs: "highest" exact everywhere; "high"/"default": TF32/bf16 passes
   c.num_devices = 0               # devices of the data-parallel mesh (0 = all); the batch splits over them
   c.imports = ()                  # modules to import first: those that register your own terms and models
 
