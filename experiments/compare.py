@@ -1,6 +1,6 @@
 r"""Comparison tables as Markdown, read from finished workdirs; the README's tables come from here.
 
-  python -m experiments.compare --rifai runs/rifai                      # Rifai et al. Table 1 and its search
+  python -m experiments.compare --rifai runs/rifai                      # Rifai et al. Table 1 (experiments/rifai/)
   python -m experiments.compare --probe runs/s1,runs/s5,...             # linear probe of each encoder's codes
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
@@ -13,7 +13,6 @@ writes the rows of --sweep and --paired.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sys
@@ -24,13 +23,15 @@ import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
-from experiments.configs.rifai import GRID, PAPER_TEST_ERROR
+from experiments import markdown
+from experiments.rifai.tables import rifai_tables
 from jaxae import analysis, figures, stats, sweep
 from jaxae.errors import UserError
+from jaxae.files import atomic_write
 from jaxae.run import TrainedRun
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("rifai", "", "Root folder of experiments/rifai.py's runs.")
+flags.DEFINE_string("rifai", "", "Root folder of the Rifai study's runs (experiments/rifai/): its tables.")
 flags.DEFINE_list("probe", [], "Workdirs whose encoders get a linear probe.")
 flags.DEFINE_list("pca", [], "Workdirs of dense AEs with a linear code, compared with PCA of the same size.")
 flags.DEFINE_list("anomaly", [], "Workdirs trained on digits 0-8 (experiments/configs/anomaly.py).")
@@ -42,105 +43,6 @@ flags.DEFINE_string("metric", "", "--sweep and --paired: this metric of the fina
 flags.DEFINE_string("rows_json", "", "--sweep and --paired: also write their rows to this JSON file.")
 
 NOISE_STD = 0.1  # the "noisy" anomalies: normal test digits plus N(0, 0.1^2) per pixel, clipped to [0, 1]
-
-
-def markdown(headers: list[str], rows: list[list]) -> str:
-  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-  return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
-
-
-def rifai_records(root: str) -> dict[tuple[str, float], dict[int, dict]]:
-  """experiments/rifai.py's fine-tuning records under `root`: {(run name, rate): {seed: record}}."""
-  runs = {}
-  for path in sorted(glob.glob(os.path.join(root, "*", "seed=*", "finetune_lr*.json"))):
-    with open(path, encoding="utf-8") as f:
-      record = json.load(f)
-    seed_dir = os.path.dirname(path)
-    key = os.path.basename(os.path.dirname(seed_dir)), record["finetune"]["learning_rate"]
-    runs.setdefault(key, {})[int(os.path.basename(seed_dir).split("=", 1)[1])] = record
-  if not runs:
-    raise UserError(f"No finished runs (<run>/seed=<k>/finetune_lr*.json) under {root!r}; run experiments.rifai "
-                    "first.")
-  return runs
-
-
-def _of_model(name: str, model: str) -> bool:
-  return name == model or name.startswith(model + "_") and name[len(model) + 1:][:1].isdigit()
-
-
-def rifai_choice(by_seed: dict[int, dict], seeds: list[int]) -> dict:
-  """One (run, rate) over `seeds`: the epoch of the lowest validation error averaged over the seeds, and
-  there each seed's validation and test error, the test error's mean and 95% t-interval, the mean ||J||_F."""
-  curves = np.array([[h["valid_error"] for h in by_seed[s]["history"]] for s in seeds])  # [seeds, epochs]
-  i = int(np.argmin(curves.mean(0)))
-  test = [by_seed[s]["history"][i]["test_error"] for s in seeds]
-  return {"epoch": by_seed[seeds[0]]["history"][i]["epoch"], "seeds": seeds, "test": test,
-          "valid_mean": float(curves[:, i].mean()), "test_interval": stats.t_interval(test),
-          "jacobian_norm": float(np.mean([by_seed[s]["mean_jacobian_norm"] for s in seeds]))}
-
-
-def rifai_rows(root: str) -> tuple[list[dict], list[dict], dict | None]:
-  """Table 1 and its search over seeds. Per model, the seeds that every (strength, rate) of it finished
-  are compared; each candidate at its epoch of lowest mean validation error (rifai_choice), and the model
-  at the candidate whose that error is lowest. Returns (table rows, search rows, the CAE - DAE test error
-  paired over the seeds both chosen runs finished, or None without both)."""
-  runs = rifai_records(root)
-  table, search = [], []
-  for model, (field, _) in GRID.items():
-    keys = sorted(k for k in runs if _of_model(k[0], model))
-    seeds = sorted(set.intersection(*(set(runs[k]) for k in keys))) if keys else []
-    if not seeds:
-      continue  # no seed finished by every candidate yet: nothing to choose between
-    chosen = []
-    for name, lr in keys:
-      c = rifai_choice(runs[name, lr], seeds)
-      chosen.append(c | {"model": model, "run": name, "lr": lr, "all_seeds": sorted(runs[name, lr]),
-                         "strength": f"{field.rsplit('.', 1)[-1]} = {name[len(model) + 1:]}" if field else "-"})
-    search += chosen
-    table.append(min(chosen, key=lambda c: c["valid_mean"]) | {"paper": PAPER_TEST_ERROR[model]})
-  by_model = {c["model"]: c for c in table}
-  paired = None
-  if "cae" in by_model and "dae" in by_model:
-    cae, dae = (runs[by_model[m]["run"], by_model[m]["lr"]] for m in ("cae", "dae"))
-    seeds = sorted(set(cae) & set(dae))
-    test_at = lambda by_seed, m: [next(h["test_error"] for h in by_seed[s]["history"]
-                                       if h["epoch"] == by_model[m]["epoch"]) for s in seeds]
-    a, b = test_at(cae, "cae"), test_at(dae, "dae")
-    paired = {"cae": by_model["cae"], "dae": by_model["dae"], "seeds": seeds, "cae_test": a, "dae_test": b,
-              "difference": stats.paired_difference(a, b)}
-  return table, search, paired
-
-
-def _pct(iv: stats.Interval) -> str:
-  return f"{100 * iv.mean:.2f}" + ("" if iv.n < 2 else f" ± {100 * iv.half_width:.2f}")
-
-
-def rifai_tables(root: str) -> str:
-  """Table 1 (each model at its best strength, fine-tuning rate and epoch on the validation mean over
-  seeds), the CAE against the DAE paired over seeds, and the whole search."""
-  table, search, paired = rifai_rows(root)
-  out = ("Table 1 (each model at the strength, fine-tuning rate and epoch of lowest validation error, averaged "
-         "over the seeds; test error: mean ± half-width of its 95% t-interval over the seeds)\n\n"
-         + markdown(["model", "run", "fine-tune lr", "epoch", "seeds", "test error % (ours)", "test error % (paper)",
-                     "valid error % (mean)", "test error % per seed", "mean ‖J‖_F (test, before fine-tuning)"],
-                    [[c["model"], c["run"], f"{c['lr']:g}", c["epoch"], len(c["seeds"]), _pct(c["test_interval"]),
-                      "-" if c["paper"] is None else f"{c['paper']:.2f}", f"{100 * c['valid_mean']:.2f}",
-                      " / ".join(f"{100 * t:.2f}" for t in c["test"]), f"{c['jacobian_norm']:.2f}"] for c in table]))
-  if paired:
-    cae, dae, iv = paired["cae"], paired["dae"], paired["difference"]
-    out += (f"\n\nCAE ({cae['run']}, lr {cae['lr']:g}) - DAE ({dae['run']}, lr {dae['lr']:g}), test error, "
-            f"paired over seeds {paired['seeds']}: mean {100 * iv.mean:+.2f} points"
-            + ("" if iv.n < 2 else f", 95% interval [{100 * iv.low:+.2f}, {100 * iv.high:+.2f}]")
-            + "; per seed " + ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(paired["cae_test"], paired["dae_test"]))
-            + ".")
-  return (out + "\n\nThe search (validation = training images 50,000-59,999; each row at its epoch of lowest mean "
-          "validation error)\n\n"
-          + markdown(["model", "strength", "fine-tune lr", "seeds", "valid error % (mean)", "epoch",
-                      "test error % at that epoch", "mean ‖J‖_F"],
-                     [[c["model"], c["strength"], f"{c['lr']:g}", len(c["seeds"])
-                       if c["all_seeds"] == c["seeds"] else f"{len(c['seeds'])} (of {len(c['all_seeds'])} done)",
-                       f"{100 * c['valid_mean']:.2f}", c["epoch"], _pct(c["test_interval"]),
-                       f"{c['jacobian_norm']:.2f}"] for c in search]))
 
 
 def _flat(codes: np.ndarray) -> np.ndarray:
@@ -160,7 +62,7 @@ def probe_table(workdirs: list[str]) -> str:
     train_codes, test_codes = _flat(run.encode(tr.x)), _flat(run.encode(te.x))
     err = analysis.linear_probe(train_codes, tr.labels, test_codes, te.labels)
     rows.append([os.path.basename(workdir.rstrip("/")), train_codes.shape[-1], len(tr.x), f"{100 * err:.2f}"])
-  return markdown(["encoder", "code size", "training images", "probe test error %"], rows)
+  return markdown.table(["encoder", "code size", "training images", "probe test error %"], rows)
 
 
 def pca_table(workdirs: list[str]) -> str:
@@ -178,8 +80,8 @@ def pca_table(workdirs: list[str]) -> str:
     pca_probe = analysis.linear_probe(p["train_codes"], tr.labels, p["test_codes"], te.labels)
     rows.append([k, os.path.basename(workdir.rstrip("/")), f"{ae_mse:.4f}", f"{pca_mse:.4f}", f"{pca_mse / ae_mse:.2f}",
                  f"{100 * ae_probe:.2f}", f"{100 * pca_probe:.2f}"])
-  return markdown(["code size", "AE run", "AE test MSE/pixel", "PCA test MSE/pixel", "PCA / AE",
-                   "AE probe error %", "PCA probe error %"], sorted(rows))
+  return markdown.table(["code size", "AE run", "AE test MSE/pixel", "PCA test MSE/pixel", "PCA / AE",
+                         "AE probe error %", "PCA probe error %"], sorted(rows))
 
 
 def anomaly_scores(workdir: str) -> dict[str, np.ndarray]:
@@ -210,8 +112,8 @@ def anomaly_table(workdirs: list[str], out_dir: str) -> str:
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, "scores.png")
   figures.score_histograms(all_scores).savefig(path, dpi=100, bbox_inches="tight")
-  return (markdown(["model", "mean score of normal test digits (nats)", "AUROC: unseen digits (9s)", "AUROC: noisy",
-                    "AUROC: rotated"], rows) + f"\n\nHistograms: {path}")
+  return (markdown.table(["model", "mean score of normal test digits (nats)", "AUROC: unseen digits (9s)",
+                         "AUROC: noisy", "AUROC: rotated"], rows) + f"\n\nHistograms: {path}")
 
 
 NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
@@ -258,9 +160,9 @@ def sweep_table(rows: list[dict], missing: list[str]) -> str:
   """The rows of `sweep_rows` as Markdown, grouped by metric."""
   order = {m: i for i, m in enumerate(dict.fromkeys(r["metric"] for r in rows))}
   rows = sorted(rows, key=lambda r: order[r["metric"]])  # stable: the settings stay in the sweep's order
-  table = markdown(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
-                   [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
-                     f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
+  table = markdown.table(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
+                         [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
+                           f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
   results = [r for r in rows if not r["metric"].startswith("time/")]  # an epoch's time differs between runs anyway
   same = [s for s in dict.fromkeys(r["setting"] for r in results)
           if all(r["same_for_every_seed"] for r in results if r["setting"] == s)]
@@ -298,9 +200,9 @@ def paired_rows(setting_a: str, setting_b: str, metric: str = "") -> list[dict]:
 
 def paired_table(rows: list[dict]) -> str:
   return (f"A = {rows[0]['a']}, B = {rows[0]['b']}, seeds {rows[0]['seeds']}\n\n"
-          + markdown(["metric", "n", "mean A", "mean B", "mean of A - B", "95% interval of A - B (paired t)"],
-                     [[r["metric"], r["n"], _g(r["mean_a"]), _g(r["mean_b"]), _g(r["mean"]),
-                       f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows]))
+          + markdown.table(["metric", "n", "mean A", "mean B", "mean of A - B", "95% interval of A - B (paired t)"],
+                           [[r["metric"], r["n"], _g(r["mean_a"]), _g(r["mean_b"]), _g(r["mean"]),
+                             f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows]))
 
 
 def main(argv):
@@ -334,7 +236,7 @@ def print_tables() -> None:
     out["paired"] = paired_rows(*FLAGS.paired, metric=FLAGS.metric)
     print(paired_table(out["paired"]), end="\n\n")
   if FLAGS.rows_json and out:
-    with open(FLAGS.rows_json, "w", encoding="utf-8") as f:
+    with atomic_write(FLAGS.rows_json) as f:
       json.dump(out, f, indent=1)
 
 

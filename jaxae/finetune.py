@@ -1,21 +1,29 @@
 """Supervised fine-tuning of a pretrained encoder: encoder + softmax layer, trained on labels
 (Rifai et al., 2011, Table 1: each pretrained 1000-unit encoder initialises an MLP with one hidden layer of 1000
-and 10 outputs)."""
+and 10 outputs), with a cosine or constant rate and optional patience-based early stopping."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from flax.training import train_state
 
-from jaxae import data
+from jaxae import analysis, data
 from jaxae.errors import UserError
+from jaxae.files import atomic_write
+
+SCHEDULES = ("cosine", "constant")
 
 
 class Classifier(nn.Module):
@@ -31,6 +39,14 @@ class Classifier(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [..., D] -> logits [..., num_classes]."""
     return nn.Dense(self.num_classes, name="head", param_dtype=x.dtype)(self.autoencoder.encode(x))
+
+
+class Identity(nn.Module):
+  """An encoder that returns its input: `Classifier(Identity())` is softmax regression, e.g. on frozen codes
+  (a linear probe)."""
+
+  def encode(self, x: jax.Array) -> jax.Array:
+    return x
 
 
 def init_from_pretrained(key: jax.Array, classifier: Classifier, pretrained, example_x: jax.Array):
@@ -78,40 +94,148 @@ def make_predict(classifier: Classifier) -> Callable:
 
 def error_rate(predict: Callable, params, x: jax.Array, labels: jax.Array, *, batch_size: int = 1000) -> float:
   """Fraction of examples whose prediction (`make_predict`) is not the label."""
-  wrong = sum(int(jnp.sum(predict(params, x[s:s + batch_size]) != labels[s:s + batch_size]))
-              for s in range(0, x.shape[0], batch_size))
-  return wrong / x.shape[0]
+  predicted = analysis.batched(functools.partial(predict, params), x, batch_size=batch_size, jit=False)
+  return float(np.mean(predicted != np.asarray(labels)))
+
+
+def make_logits(classifier: Classifier) -> Callable:
+  """Jitted (params, x [B, D]) -> logits [B, num_classes]."""
+  return jax.jit(lambda params, x: classifier.apply({"params": params}, x))
+
+
+def error_and_loss(logits_fn: Callable, params, x: jax.Array, labels: jax.Array, *, batch_size: int = 1000
+                   ) -> tuple[float, float]:
+  """(error rate, mean softmax cross-entropy in nats) over x [N, D] and labels [N], from the logits of
+  `logits_fn` (`make_logits`), computed on the host in float64."""
+  logits = np.asarray(analysis.batched(functools.partial(logits_fn, params), x, batch_size=batch_size, jit=False),
+                      np.float64)
+  y = np.asarray(labels)
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_p = shifted[np.arange(len(y)), y] - np.log(np.sum(np.exp(shifted), -1))
+  return float(np.mean(np.argmax(logits, -1) != y)), float(-np.mean(log_p))
+
+
+def sgd(learning_rate: float, *, schedule: str, total_steps: int) -> optax.GradientTransformation:
+  """Plain SGD at `learning_rate`: "constant", or "cosine" (decayed to 0 over `total_steps`)."""
+  if schedule not in SCHEDULES:
+    raise UserError(f"Unknown fine-tuning schedule {schedule!r}; known: {', '.join(SCHEDULES)}.")
+  if schedule == "cosine":
+    return optax.sgd(optax.cosine_decay_schedule(learning_rate, total_steps))
+  return optax.sgd(learning_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  """Patience-based early stopping, the rule of the deep learning tutorials (SdA.py, logistic_sgd.py), counted
+  in epochs: training runs at least `patience` epochs; after epoch e (from 1), a validation value below
+  best * `threshold` (a relative improvement of 1 - threshold) extends the patience to max(patience,
+  `increase` * e), and any value below the best becomes the best; training stops after epoch e once
+  e >= patience. The tutorials count minibatches (patience 10 epochs' worth, increase 2, threshold 0.995)
+  and validate once per epoch.
+
+  Attributes:
+    patience: the epochs run at least.
+    increase: factor on the epoch of a significant improvement.
+    threshold: a value below best * threshold is a significant improvement.
+    monitor: the history's field that is watched ("valid_error" or "valid_loss").
+  """
+  patience: float = 10
+  increase: float = 2.0
+  threshold: float = 0.995
+  monitor: str = "valid_error"
+
+  def patience_after(self, values: Sequence[float]) -> float:
+    """The patience after the epochs whose validation values are `values` (one per epoch, in order)."""
+    patience, best = self.patience, math.inf
+    for epoch, value in enumerate(values, 1):
+      if value < best:
+        if value < best * self.threshold:
+          patience = max(patience, self.increase * epoch)
+        best = value
+    return patience
+
+  def stops(self, values: Sequence[float]) -> bool:
+    """Whether training stops after the epochs whose validation values are `values`."""
+    return len(values) > 0 and len(values) >= self.patience_after(values)
+
+
+def save_snapshot(path: str, state: train_state.TrainState, best_params, history: list[dict], settings: dict
+                  ) -> None:
+  """Writes a fine-tuning's state after an epoch to `path`, atomically (msgpack, flax.serialization)."""
+  tree = {"state": serialization.to_state_dict(jax.device_get(state)), "best_params": jax.device_get(best_params),
+          "history": json.dumps(history), "settings": json.dumps(settings, sort_keys=True)}
+  with atomic_write(path, "wb") as f:
+    f.write(serialization.msgpack_serialize(tree))
+
+
+def load_snapshot(path: str, state: train_state.TrainState, settings: dict):
+  """(state, best params, history) saved by `save_snapshot`, shaped as `state`; UserError when it was saved
+  with other `settings`."""
+  with open(path, "rb") as f:
+    tree = serialization.msgpack_restore(f.read())
+  saved = json.loads(tree["settings"])
+  if saved != json.loads(json.dumps(settings, sort_keys=True)):
+    raise UserError(f"{path} holds an unfinished fine-tuning with {saved}, not {settings}; delete it to start "
+                    "afresh, or ask for the same settings as before.")
+  restored = serialization.from_state_dict(state, tree["state"])
+  best = serialization.from_state_dict(state.params, tree["best_params"])
+  as_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)
+  return as_jax(restored), as_jax(best), json.loads(tree["history"])
 
 
 def finetune(key: jax.Array, classifier: Classifier, params, tx: optax.GradientTransformation,
              train: data.Split, valid: data.Split, test: data.Split, *, epochs: int, batch_size: int,
-             progress: Callable[[dict], None] | None = None) -> dict:
-  """Trains `params` on `train` for `epochs`, keeping the epoch of lowest validation error (early
-  stopping: the model is chosen on `valid` alone; its test error is read, never used to choose).
+             progress: Callable[[dict], None] | None = None, stopping: EarlyStopping | None = None,
+             snapshot: str = "") -> dict:
+  """Trains `params` on `train` for `epochs` (fewer when `stopping` says so), keeping the epoch of lowest
+  validation error (the model is chosen on `valid` alone; its test error is read, never used to choose).
+
+  Args:
+    key: the data key: epoch e's batch order is a function of (key, e) alone.
+    classifier, params: the network and its parameters at the start (left intact).
+    tx: the optimizer (e.g. `sgd`).
+    train, valid, test: the splits.
+    epochs: the most epochs.
+    batch_size: examples per step.
+    progress: called with each epoch's record.
+    stopping: early stopping on validation; None runs every epoch.
+    snapshot: a file the state is saved to after every epoch and resumed from when it exists (the resumed
+      run replays the uninterrupted one); the caller removes it once the result is stored.
 
   Returns:
-    {"history": [{"epoch", "train_loss", "valid_error", "test_error"}], "best": the best record,
-     "params": the parameters of the best epoch}.
+    {"history": [{"epoch", "train_loss", "valid_error", "valid_loss", "test_error"}] (losses: mean softmax
+     cross-entropy), "best": the first record of lowest validation error, "best_by_loss": the first of lowest
+     validation cross-entropy, "stopped_early": whether `stopping` ended it before `epochs`, "params": the
+     parameters of "best"}.
   """
   if train.x.shape[0] < batch_size:
     raise UserError(f"Fine-tuning batch_size={batch_size} exceeds the {train.x.shape[0]} training examples.")
   # The epochs donate their state; a copy leaves the caller's `params` intact.
   state = train_state.TrainState.create(apply_fn=classifier.apply, params=jax.tree_util.tree_map(jnp.copy, params),
                                         tx=tx)
-  run_epoch, predict = make_epoch(classifier), make_predict(classifier)
-  history, best, best_params = [], None, params
-  for epoch in range(epochs):
-    idx = data.epoch_indices(key, epoch, train.x.shape[0], batch_size)
-    state, losses = run_epoch(state, train.x, train.labels, idx)
-    record = {"epoch": epoch + 1, "train_loss": float(jnp.mean(losses)),
-              "valid_error": error_rate(predict, state.params, valid.x, valid.labels),
-              "test_error": error_rate(predict, state.params, test.x, test.labels)}
+  run_epoch, logits = make_epoch(classifier), make_logits(classifier)
+  settings = {"epochs": epochs, "batch_size": batch_size, "stopping": stopping and dataclasses.asdict(stopping)}
+  history, best_params = [], params
+  if snapshot and os.path.exists(snapshot):
+    state, best_params, history = load_snapshot(snapshot, state, settings)
+  stopped = lambda: stopping is not None and stopping.stops([r[stopping.monitor] for r in history])
+  while len(history) < epochs and not stopped():
+    epoch = len(history)
+    state, losses = run_epoch(state, train.x, train.labels,
+                              data.epoch_indices(key, epoch, train.x.shape[0], batch_size))
+    record = {"epoch": epoch + 1, "train_loss": float(jnp.mean(losses))}
     if not np.isfinite(record["train_loss"]):
       raise FloatingPointError(f"Fine-tuning loss became {record['train_loss']} in epoch {epoch + 1}; "
                                "lower the fine-tuning learning rate.")
+    record["valid_error"], record["valid_loss"] = error_and_loss(logits, state.params, valid.x, valid.labels)
+    record["test_error"], _ = error_and_loss(logits, state.params, test.x, test.labels)
+    if all(record["valid_error"] < r["valid_error"] for r in history):
+      best_params = jax.tree_util.tree_map(jnp.copy, state.params)
     history.append(record)
-    if best is None or record["valid_error"] < best["valid_error"]:
-      best, best_params = record, jax.tree_util.tree_map(jnp.copy, state.params)
+    if snapshot:
+      save_snapshot(snapshot, state, best_params, history, settings)
     if progress is not None:
       progress(record)
-  return {"history": history, "best": best, "params": best_params}
+  return {"history": history, "best": min(history, key=lambda r: r["valid_error"]),
+          "best_by_loss": min(history, key=lambda r: r["valid_loss"]), "stopped_early": len(history) < epochs,
+          "params": best_params}
