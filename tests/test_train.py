@@ -229,11 +229,12 @@ def test_a_config_without_a_current_field_is_refused_in_one_line(make_config, tm
   path = os.path.join(workdir, "config.json")
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
-  del saved["compute_dtype"]
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(saved, f)
-  with pytest.raises(UserError, match=r"config has no field 'compute_dtype'.*train it again"):
-    TrainedRun.open(workdir)
+  for field in ("compute_dtype", "matmul_precision"):
+    old = {k: v for k, v in saved.items() if k != field}
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(old, f)
+    with pytest.raises(UserError, match=rf"config has no field '{field}'.*train it again"):
+      TrainedRun.open(workdir)
 
 
 
