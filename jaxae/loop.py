@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -167,7 +168,7 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
   with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
             desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not run.main) as bar:
     state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
-                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: bool(stop["stop"]))
+                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: _agreed(bool(stop["stop"])))
   stopped = steps["loss"].shape[0] < idx.shape[0]  # a stop signal mid-epoch
   if before:
     steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
@@ -177,7 +178,7 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
     checkpoint.save(run.manager, state)
     if run.main:
       _save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
-    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"])
+    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"] or _ANOTHER)
   record = _epoch_record(run, state, epoch, steps, seconds)
   check_finite(record, epoch=epoch + 1)  # before the record is written: a diverged epoch leaves none
   if run.main:
@@ -185,13 +186,26 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
     if before:
       os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))  # now in the record
   check_params_finite(state.params, epoch=epoch + 1)
-  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stop["stop"]:
+  stopping = _agreed(bool(stop["stop"]))  # every process decides the same, at the same point
+  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stopping:
     checkpoint.save(run.manager, state)
   if run.main:
     tqdm.write(_console_line(epoch + 1, s.epochs, record))
-  if stop["stop"]:
-    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"])
+  if stopping:
+    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"] or _ANOTHER)
   return state
+
+
+_ANOTHER = "a stop signal to another process of the run"
+
+
+def _agreed(flag: bool) -> bool:
+  """Whether any process of the run asks to stop: the same answer on every process, so that hosts signalled
+  at different moments (TPU VMs, SLURM) stop after the same chunk and save one checkpoint together. One tiny
+  all-gather per chunk on several processes; nothing on one."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def _epoch_record(run: _Epochs, state, epoch: int, steps: dict[str, np.ndarray], seconds: float) -> dict:

@@ -120,3 +120,49 @@ def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, 
   got, want = (jax.device_get(TrainedRun.open(w).params) for w in (killed, single))
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_uninterrupted_end(idx_dir, tmp_path):
+  """SIGTERM to process 1 alone, then to process 0 three seconds later (hosts of a TPU slice or a SLURM job are
+  signalled at different moments): both stop after the same chunk within a bound, with one checkpoint of the
+  step process 0 names, and the rerun ends where an uninterrupted run ends."""
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=30", "--config.chunk_steps=1"]
+  stopped, single = str(tmp_path / "stopped"), str(tmp_path / "single")
+  ckpts = os.path.join(stopped, "checkpoints")
+
+  def start(tag):
+    port = _free_port()
+    return [_main([*args, "--workdir", stopped], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                      JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+                  str(tmp_path / f"{tag}{i}")) for i in range(2)]
+
+  procs = start("a")
+  deadline = time.monotonic() + 300
+  while not (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):  # epoch 1 saved
+    assert time.monotonic() < deadline and all(p.poll() is None for p, _, _ in procs), \
+        [_read(e)[-2000:] for _, _, e in procs]
+    time.sleep(0.02)
+  procs[1][0].send_signal(signal.SIGTERM)
+  signalled = time.monotonic()
+  time.sleep(3)
+  if procs[0][0].poll() is None:
+    procs[0][0].send_signal(signal.SIGTERM)
+  for proc, out, err in procs:
+    assert proc.wait(timeout=120) == 0, (_read(out)[-2000:], _read(err)[-3000:])  # none hangs
+  assert time.monotonic() - signalled < 120
+  said = [line for line in _read(procs[0][1]).splitlines() if line.startswith("Stopped by ")]
+  assert len(said) == 1, _read(procs[0][1])[-2000:]
+  step = int(said[0].split(" at step ")[1].split()[0])
+  committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
+  assert committed[-1] == step < 240, (committed, said)  # saved once, together, before the end
+  procs = start("b")
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+                       env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  for proc, out, err in procs:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  assert f"Resuming from step {step} " in _read(procs[0][1])
+  assert [r["epoch"] for r in metrics.read_metrics(stopped)] == list(range(1, 31))
+  got, want = (jax.device_get(TrainedRun.open(w).params) for w in (stopped, single))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
