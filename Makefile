@@ -25,6 +25,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(PIP_EXTRAS))
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jaxae needs Python 3.11 or newer (jax 0.10 and numpy 2.4 have no wheels for " + sys.version.split()[0] + "): make ... PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -e ".[$(PIP_EXTRAS)]"
