@@ -223,20 +223,28 @@ def _epoch_record(run: _Epochs, state, epoch: int, steps: dict[str, np.ndarray],
 def run_steps(chunk: Callable, state: train.TrainState, data_x: jax.Array, idx: jax.Array, step_key: jax.Array, *,
               chunk_steps: int, bar: tqdm | None = None, stop: Callable[[], bool] = lambda: False
               ) -> tuple[train.TrainState, dict[str, np.ndarray]]:
-  """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar
-  and its running loss advance per chunk. Returns the state and the per-step metrics on the host,
-  [S] or fewer when `stop()` turned true after a chunk."""
-  per_step, loss_sum, taken = [], 0.0, 0
-  for i in range(0, idx.shape[0], chunk_steps):
-    if per_step and stop():
-      break
-    state, m = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
-    per_step.append(jax.device_get(m))
-    loss_sum, taken = loss_sum + float(np.sum(per_step[-1]["loss"])), taken + len(per_step[-1]["loss"])
+  """Takes the steps whose batches are idx [S, B], `chunk_steps` per compiled scan; the progress bar and its
+  running loss advance per chunk. Each chunk is dispatched before the previous one's metrics are fetched, so
+  the device never waits for the host. Returns the state and the per-step metrics on the host, [S] or fewer
+  when `stop()` turned true after a chunk."""
+  fetched, pending, totals = [], None, [0.0, 0]
+
+  def fetch(metrics):
+    fetched.append(jax.device_get(metrics))
+    totals[0], totals[1] = totals[0] + float(np.sum(fetched[-1]["loss"])), totals[1] + len(fetched[-1]["loss"])
     if bar is not None:
-      bar.update(len(per_step[-1]["loss"]))
-      bar.set_postfix(loss=f"{loss_sum / taken:.4f}")
-  return state, {k: np.concatenate([p[k] for p in per_step]) for k in per_step[0]}
+      bar.update(len(fetched[-1]["loss"]))
+      bar.set_postfix(loss=f"{totals[0] / totals[1]:.4f}")
+
+  for i in range(0, idx.shape[0], chunk_steps):
+    if i and stop():
+      break
+    state, metrics = chunk(state, data_x, idx[i:i + chunk_steps], step_key)
+    if pending is not None:
+      fetch(pending)
+    pending = metrics
+  fetch(pending)
+  return state, {k: np.concatenate([p[k] for p in fetched]) for k in fetched[0]}
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, and Ctrl-C
