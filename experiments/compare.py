@@ -24,6 +24,7 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments import markdown
+from experiments.cli import start_command
 from experiments.rifai.tables import rifai_tables
 from jaxae import analysis, figures, stats, sweep
 from jaxae.errors import UserError
@@ -207,6 +208,7 @@ def paired_table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  start_command()  # Orbax and absl log every restore at INFO: quiet, as main and report are
   try:
     print_tables()
   except UserError as e:

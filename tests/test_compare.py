@@ -1,12 +1,15 @@
 """experiments/compare.py runs from workdirs alone and prints what it promises (the Rifai tables: test_rifai.py)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 
 from experiments import compare
 from experiments.configs import anomaly
 from jaxae import loop
+from tests.conftest import ROOT
 
 
 def _rows(table: str) -> list[list[str]]:
@@ -42,3 +45,9 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
   assert all(0 <= float(r[3]) <= 100 for r in rows)
   rows = _rows(compare.pca_table(workdirs[:1]))
   assert rows[0][0] == "3" and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
+  # The command is as quiet as main: the table on stdout, no INFO logs of Orbax or absl on stderr.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  command = subprocess.run([sys.executable, "-m", "experiments.compare", "--probe", workdirs[0]], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300, check=False)
+  assert command.returncode == 0 and "| ae |" in command.stdout, command.stderr[-2000:]
+  assert not [line for line in command.stderr.splitlines() if line.startswith("I")], command.stderr[-2000:]
