@@ -45,8 +45,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f"error: {e}", file=sys.stderr)
   except flags.Error as e:
     raised = re.findall(r"^\w*(?:Error|Exception): (.+)$", str(e), re.M)  # the config file's own error, if any
-    print(f"error: could not load the config: {raised[-1]}" if raised else
-          f"error: {e}. See the config file for the fields and their types.", file=sys.stderr)
+    missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
+    if raised:
+      print(f"error: could not load the config: {raised[-1]}", file=sys.stderr)
+    elif missing:
+      print(f"error: --{missing.group(1)} is required: give --{missing.group(1)}=PATH.", file=sys.stderr)
+    else:
+      print(f"error: {str(e).rstrip('.')}. See the config file for the fields and their types.", file=sys.stderr)
   except Exception as e:  # pylint: disable=broad-except  (config files that fail to load)
     print(f"error: could not load the config ({type(e).__name__}: {' '.join(str(e).split())}). Pass "
           "--config=experiments/configs/NAME.py[:VARIANT] with an existing config file and variant.", file=sys.stderr)

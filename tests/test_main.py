@@ -210,6 +210,7 @@ def test_a_quiet_start_unless_asked(idx_dir, tmp_path):
 def test_a_config_variant_typo_and_a_report_of_no_run_are_one_line(tmp_path):
   typo = run_main("--config", "experiments/configs/undercomplete.py:smok", "--workdir", str(tmp_path))
   _assert_one_clear_error(typo, "Unknown config argument 'smok'; give one of s1, code12")
+  _assert_one_clear_error(run_main("--config", CONFIG), "--workdir is required: give --workdir=PATH.")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   report = subprocess.run([sys.executable, "-m", "experiments.report", "--workdir", str(tmp_path / "none")], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300, check=False)
