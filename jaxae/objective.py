@@ -50,16 +50,22 @@ TERMS: dict[str, Term] = {}
 def register(name: str, *, replace: bool = False) -> Callable[[Term], Term]:
   """Decorator: makes the term available to configs as `name`.
 
-  A name already taken is refused unless `replace=True`. Runs that use the term list the registering
-  module in `config.imports`, so that `jaxae.run.TrainedRun.open` finds it again.
+  A name already taken by another function is refused unless `replace=True`; the same function defined again
+  (same module and name: a notebook cell run twice, a module reloaded) replaces its earlier self. Runs that use
+  the term list the registering module in `config.imports`, so that `jaxae.run.TrainedRun.open` finds it again.
   """
   def add(term: Term) -> Term:
-    if name in TERMS and TERMS[name] is not term and not replace:
+    same = name in TERMS and _where(TERMS[name]) == _where(term)
+    if name in TERMS and TERMS[name] is not term and not same and not replace:
       raise UserError(f"Loss term name {name!r} is taken by {TERMS[name].__module__}.{TERMS[name].__qualname__}; "
                       "pick another name, or pass replace=True to objective.register to replace it.")
     TERMS[name] = term
     return term
   return add
+
+
+def _where(fn) -> tuple[str, str]:
+  return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
 
 
 def _logits(inp: LossInputs) -> jax.Array:

@@ -240,6 +240,22 @@ def test_registering_a_taken_name_is_refused_unless_replacing():
   assert objective.TERMS["mse"] is objective.mse
 
 
+def test_a_notebook_cell_run_twice_replaces_its_own_term_and_model():
+  """The same function or class defined again (same module and name) replaces its earlier self."""
+  namespace = {}
+  cell = ("from jaxae import models, objective\n"
+          "@objective.register('twice_term')\ndef twice_term(inp):\n  return inp.x.sum()\n"
+          "@models.register('twice_model')\nclass TwiceModel(models.DenseAE):\n  pass\n")
+  try:
+    for _ in range(2):
+      exec(compile(cell, "<cell>", "exec"), namespace)  # pylint: disable=exec-used
+      assert objective.TERMS["twice_term"] is namespace["twice_term"]
+      assert models.MODELS["twice_model"] is namespace["TwiceModel"]
+  finally:
+    objective.TERMS.pop("twice_term", None)
+    models.MODELS.pop("twice_model", None)
+
+
 def test_a_model_without_the_interface_is_refused_before_training(make_config, tmp_path):
   class NoTrain(nn.Module):
     def encode(self, x):

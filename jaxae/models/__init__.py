@@ -28,7 +28,8 @@ def register(name: str, *, replace: bool = False) -> Callable[[type[nn.Module]],
   `jaxae.run.TrainedRun.open` can build the model again.
   """
   def add(cls: type[nn.Module]) -> type[nn.Module]:
-    if name in MODELS and MODELS[name] is not cls and not replace:
+    same = name in MODELS and (MODELS[name].__module__, MODELS[name].__qualname__) == (cls.__module__, cls.__qualname__)
+    if name in MODELS and MODELS[name] is not cls and not same and not replace:
       raise UserError(f"Model name {name!r} is taken by {_where(MODELS[name])}; pick another name, or pass "
                       "replace=True to models.register to replace it.")
     check_interface(cls, name)
