@@ -13,7 +13,7 @@ from absl import app, flags, logging
 
 from jaxae import metrics
 
-# Epoch (0-based, as printed) -> (reconstruction cost, jacobian norm) of the published log (SEEDS.md S5).
+# Epoch (0-based, as printed) -> (reconstruction cost, jacobian norm) of the Theano tutorial's published log (S5).
 PUBLISHED = {0: (589.57, 20.99), 1: (115.13, 10.67), 2: (101.29, 10.13), 5: (86.15, 9.50), 10: (76.95, 9.05),
              15: (72.88, 8.78), 19: (70.65, 8.62)}
 PUBLISHED_EPOCH0 = (589.571872577, 20.9938791886)  # all the digits the tutorial's log shows

@@ -90,7 +90,7 @@ def mean_bce_with_logits(logits: jax.Array, x: jax.Array) -> jax.Array:
 # Contractive penalties: ||dh/dx||_F^2 of the code h = encode(x) of ONE example, vmapped over the batch.
 # `encode` maps one example (any shape) to its code (any shape); Jacobians are taken of that map.
 def l1_activity(h: jax.Array) -> jax.Array:
-  """L1 activity penalty of the code (SEEDS S2's Omega(h) = sum_i |h_i|; Keras' activity_regularizer).
+  """L1 activity penalty of the code (S2's Omega(h) = sum_i |h_i|; Keras' activity_regularizer).
 
   Args:
     h: [B, K] code activations.

@@ -101,7 +101,7 @@ def bce_per_pixel(inp: LossInputs) -> jax.Array:
 
 @register("l1_activity")
 def l1_activity(inp: LossInputs) -> jax.Array:
-  """Batch mean of sum_k |h_k| over the code (sparse AE, SEEDS S2 and S4)."""
+  """Batch mean of sum_k |h_k| over the code (sparse AE, S2 and S4)."""
   return jnp.mean(losses.l1_activity(inp.out["code"]))
 
 

@@ -304,7 +304,7 @@ class TrainedRun:
 
   def jacobian_sq_norm(self, x, *, batch_size: int = 500) -> np.ndarray:
     """Exact ||dh/dx||_F^2 [N] at examples x [N, D], at the price the model's structure allows: factored
-    through its first layer when it offers `split_encoder` (the closed form for one dense sigmoid layer,
+    through its first layer when it offers `split_encoder` (the closed form for one dense layer with an element-wise activation,
     without forming any Jacobian), else the whole Jacobian by the cheaper of jacfwd and jacrev."""
     if "sq_norm" not in self._jitted:
       def sq_norm(p, xb):

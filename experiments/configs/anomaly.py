@@ -1,4 +1,4 @@
-"""Anomaly detection by reconstruction error (SEEDS.md S1, issue 6): S1's networks trained on digits 0-8 only.
+"""Anomaly detection by reconstruction error (docs/uses.md): S1's networks trained on digits 0-8 only.
 
 AE, DAE and CAE: S1's 784-128-64-12-3 dense AE (LeakyReLU(0.1), linear 3-d code, sigmoid output), but with
 the cross-entropy summed over pixels as loss (so that their score, the reconstruction cross-entropy, is the
@@ -9,7 +9,8 @@ decoder; its score is -ELBO. Adam 1e-3, batch 128, 30 epochs, pixels in [0, 1].
   python -m experiments.main --config experiments/configs/anomaly.py:cae --workdir runs/anomaly_cae
   python -m experiments.compare --anomaly runs/anomaly_ae,runs/anomaly_dae,runs/anomaly_cae,runs/anomaly_vae
 
-The scores, AUROCs and histogram: experiments/compare.py (README, "Anomaly detection").
+The scores, AUROCs and histogram: experiments/compare.py (docs/uses.md, "Anomaly detection by reconstruction
+error").
 """
 
 from experiments.configs import default, undercomplete

@@ -5,7 +5,7 @@ Binary cross-entropy summed over pixels + 0.1 * ||dh/dx||_F^2 of the 49-d code, 
 
   python -m experiments.main --config experiments/configs/cae_conv.py --workdir runs/cae_conv
 
-Cost: see the README's contractive section (bench_penalty.py times its step).
+Cost: docs/contractive.md (bench_penalty.py times its step).
 """
 
 from experiments.configs import default

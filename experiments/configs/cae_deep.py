@@ -6,7 +6,7 @@ after the first, and the first layer once per batch through W1^T W1; see docs/co
 
   python -m experiments.main --config experiments/configs/cae_deep.py --workdir runs/cae_deep
 
-Cost: see the README's contractive section (bench_penalty.py times its step).
+Cost and result: docs/contractive.md (bench_penalty.py times its step).
 """
 
 from experiments.configs import default, stacked_tied

@@ -1,4 +1,4 @@
-"""S5: the contractive autoencoder of the Theano tutorial (cA), faithfully (SEEDS.md S5).
+"""S5: the contractive autoencoder of the Theano tutorial (cA), faithfully (docs/results.md, docs/contractive.md).
 
 784-500, tied weights, sigmoid code and output; W drawn by numpy RandomState(123) as the tutorial draws
 it, biases zero; the first 50,000 training images in IDX file order, pixels / 256; float64; batches of 10

@@ -1,4 +1,4 @@
-"""S4: the autoencoders of the Keras write-up (SEEDS.md S4), binary cross-entropy reported per pixel as Keras does.
+"""S4: the autoencoders of the Keras write-up (docs/results.md), binary cross-entropy per pixel as Keras reports it.
 
 Adam 1e-3, sigmoid output, pixels in [0, 1]. Variants (`keras.py:VARIANT`, `,smoke` shrinks any):
   dense    784 -> 49 (ReLU) -> 784; batch 256, 50 epochs

@@ -1,4 +1,4 @@
-"""S2: the sparse / overcomplete autoencoder of the PyTorch write-up (SEEDS.md S2).
+"""S2: the sparse / overcomplete autoencoder of the PyTorch write-up (docs/results.md, "The six systems").
 
 Every layer 784 wide: encoder 784-784-784-784, decoder 784-784-784-784, LeakyReLU(0.1), sigmoid output;
 Adam 1e-3 with weight decay 1e-4 added to the gradient as PyTorch's Adam(weight_decay=1e-4) does

@@ -1,4 +1,4 @@
-"""S6: the stacked tied-weight tanh autoencoder of the TensorFlow write-up (SEEDS.md S6).
+"""S6: the stacked tied-weight tanh autoencoder of the TensorFlow write-up (docs/results.md, "The six systems").
 
 Encoder 784-256-256-64-32, tanh after every layer; the decoder multiplies by the same kernels transposed
 (read, not copied; jaxae.models.TiedAE), with biases of its own, tanh between its layers and a linear

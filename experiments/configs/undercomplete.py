@@ -1,4 +1,4 @@
-"""S1: undercomplete dense autoencoder with a 3-D code (SEEDS.md S1).
+"""S1: undercomplete dense autoencoder with a 3-D code (docs/results.md, "The six systems").
 
 Encoder 784-128-64-12-3 with LeakyReLU(0.1) between layers and a linear code; decoder 3-12-64-128-784,
 LeakyReLU(0.1), sigmoid output. Adam (lr 1e-3), per-pixel MSE (PyTorch's MSELoss), batch 128, pixels in [0, 1].
@@ -18,7 +18,7 @@ VARIANTS = ("s1", "code12", "code32", "code49")
 
 
 def get_config(arg: str | None = None):
-  """"s1" (the default): SEEDS.md S1. "codeK": a K-d code after 784-128-64 (decoder K-64-128-784), for
+  """"s1" (the default): S1 itself. "codeK": a K-d code after 784-128-64 (decoder K-64-128-784), for
   the comparison with PCA at the same code size (experiments/compare.py --pca)."""
   variant, smoke = default.variant(arg, VARIANTS)
   c = default.get_config()

@@ -1,4 +1,4 @@
-"""S3: the variational autoencoder of the PyTorch write-up, and the usual PyTorch VAE yardstick (SEEDS.md S3).
+"""S3: the variational autoencoder of the PyTorch write-up, and the usual PyTorch VAE yardstick (docs/results.md).
 
 784-400 (ReLU) -> mu, logvar (20 each); z = mu + exp(logvar / 2) * eps with eps from the step's "latent"
 key; decoder 20-400 (ReLU)-784. Adam 1e-3, batch 128. Variants (`vae.py:VARIANT`, `,smoke` shrinks any):

@@ -1,4 +1,4 @@
-"""Convolutional autoencoder of the Keras write-up (SEEDS.md S4): an (H/4)x(W/4)x1 code (7x7x1 on MNIST)."""
+"""Convolutional autoencoder of the Keras write-up (S4, docs/results.md): an (H/4)x(W/4)x1 code (7x7x1 on MNIST)."""
 
 from __future__ import annotations
 

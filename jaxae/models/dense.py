@@ -94,7 +94,7 @@ class DenseAE(nn.Module):
     output_activation: applied to the decoder output; with "sigmoid" the pre-activation is also
       returned as "logits", for binary cross-entropy.
     dropout: rate of dropout on every hidden activation of encoder and decoder during training
-      (SEEDS S2's other regulariser); `encode`/`decode` never drop.
+      (S2's other regulariser); `encode`/`decode` never drop.
   """
   encoder_features: Sequence[int] = (128, 64, 12, 3)
   decoder_features: Sequence[int] = ()

@@ -18,7 +18,7 @@ class VAE(nn.Module):
   passes rngs={"latent": key}; without that stream (figures, Jacobians) z = mu.
 
   Attributes:
-    encoder_features: hidden widths before the heads (SEEDS S3: (400,)).
+    encoder_features: hidden widths before the heads (S3: (400,)).
     latents: size of z (20).
     decoder_features: decoder widths, the last is the input size D (S3: (400, D)); () mirrors the encoder:
       encoder_features reversed, then the input size.
