@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import socket
+import time
 from collections.abc import Mapping
 
 import jax
@@ -16,6 +19,7 @@ from jaxae.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+_WRITERS = itertools.count()  # tells apart the event files of one process
 
 
 def mean_metrics(stacked: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -35,40 +39,65 @@ def check_finite(record: Mapping[str, float], *, epoch: int) -> None:
     raise _diverged(epoch, ", ".join(bad))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """True when no leaf of `tree` holds NaN or Inf: one compiled reduction (op by op, each leaf's shape would
+  compile its own few kernels, seconds on a CPU at the start of a run)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(tree)] or [jnp.array(True)]))
+
+
 def check_params_finite(params, *, epoch: int) -> None:
   """Raises FloatingPointError naming the epoch and the parameters that hold NaN or Inf (one device
   reduction when all is well)."""
-  if not bool(jax.tree_util.tree_reduce(lambda a, p: a & jnp.all(jnp.isfinite(p)), params, jnp.array(True))):
+  if not bool(_all_finite(params)):
     bad = [jax.tree_util.keystr(k) for k, p in jax.tree_util.tree_leaves_with_path(params)
            if not bool(jnp.all(jnp.isfinite(p)))]
     raise _diverged(epoch, "parameters " + ", ".join(bad))
 
 
 class MetricWriter:
-  """Writes one record per epoch to workdir/metrics.jsonl and TensorBoard event files.
+  """Writes one record per epoch to workdir/metrics.jsonl and its scalars to a TensorBoard event file.
 
-  The event files come from flax's SummaryWriter (TensorBoard's own writer underneath).
+  The event file is written without TensorFlow: TensorBoard's own protos and record framing (length, data
+  and their masked CRC-32C), one new file per writer, in workdir/tensorboard.
   """
 
   def __init__(self, workdir: str):
-    from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top  (protobuf)
+    from tensorboard.summary.writer.record_writer import RecordWriter  # pylint: disable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     self.path = os.path.join(workdir, METRICS_FILE)
     heal_torn_tail(self.path)
     self._file = open(self.path, "a", encoding="utf-8")
-    self._tb = tensorboard.SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+    tb_dir = os.path.join(workdir, TENSORBOARD_DIR)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_WRITERS)}"
+    try:
+      os.makedirs(tb_dir, exist_ok=True)
+      self._tb = RecordWriter(open(os.path.join(tb_dir, name), "wb"))  # pylint: disable=consider-using-with
+      self._add(file_version="brain.Event:2")
+    except OSError as e:
+      self._file.close()
+      raise self._failed(e) from e
+
+  def _failed(self, e: OSError) -> UserError:
+    return UserError(f"Could not write the metrics to {self.path!r} or its TensorBoard files: {e.strerror or e}. "
+                     "Free space (or fix the permissions) and run the same command to resume from the last "
+                     "checkpoint.")
+
+  def _add(self, **fields) -> None:
+    self._tb.write(self._event_pb2.Event(wall_time=time.time(), **fields).SerializeToString())
+    self._tb.flush()
 
   def write(self, step: int, record: Mapping[str, float]) -> None:
     try:
       self._file.write(json.dumps({"step": int(step), **record}) + "\n")
       self._file.flush()
-      for name, value in record.items():
-        if isinstance(value, (int, float)) and name not in ("step", "epoch"):
-          self._tb.scalar(name, value, step)
-      self._tb.flush()
+      summary = self._summary_pb2.Summary
+      values = [summary.Value(tag=name, simple_value=float(value)) for name, value in record.items()
+                if isinstance(value, (int, float)) and name not in ("step", "epoch")]
+      self._add(step=int(step), summary=summary(value=values))
     except OSError as e:
-      raise UserError(f"Could not write the metrics to {self.path!r} or its TensorBoard files: "
-                      f"{e.strerror or e}. Free space (or fix the permissions) and run the same command to resume "
-                      "from the last checkpoint.") from e
+      raise self._failed(e) from e
 
   def close(self) -> None:
     self._file.close()

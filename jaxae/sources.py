@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import gzip
-import hashlib
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -13,7 +12,8 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxae.errors import UserError
-from jaxae.files import atomic_write
+from jaxae.tfds_source import (  # pylint: disable=unused-import  (the tfds source's API, kept here too)
+    cache_dir, cached_tfds, load_tfds, tfds_builder, tfds_image_shape, tfds_split)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -62,116 +62,7 @@ def get(source: str) -> Source:
   return SOURCES[source]
 
 
-def _tfds():
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import, only here)
-  return tfds
-
-
-def tfds_builder(name: str, data_dir: str | None = None):
-  """TFDS's builder of `name` ("NAME[/CONFIG][:VERSION]", e.g. "emnist/letters", "mnist:3.0.1"), from its
-  metadata alone. Raises UserError for a name TFDS does not know and for a dataset without an `image`
-  feature of fixed-size uint8 images [H, W, C]."""
-  tfds = _tfds()
-  try:
-    builder = tfds.builder(name, data_dir=data_dir or os.environ.get("TFDS_DATA_DIR") or None)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    close = difflib.get_close_matches(name.split(":")[0].split("/")[0], tfds.core.registered.list_imported_builders())
-    raise UserError(f"TFDS has no dataset {name!r}" + (f"; did you mean {' or '.join(close[:3])}?" if close else ".")
-                    + " Set --config.data.name to a name of the TFDS catalog (mnist, fashion_mnist, kmnist, "
-                    "emnist/letters, cifar10, svhn_cropped, ...), or use data.source='npz' for your own images.") from e
-  except (ValueError, AssertionError) as e:  # an unknown builder config or version
-    reason = str(e).split('": ', 1)[-1].split(". ")[0].rstrip(".")
-    configs = [c.name for c in getattr(tfds.builder_cls(name.split(":")[0].split("/")[0]), "BUILDER_CONFIGS", [])]
-    raise UserError(f"TFDS cannot build {name!r}: {reason}. Give --config.data.name as NAME[/CONFIG][:VERSION]"
-                    + (f"; its configs: {', '.join(configs)}." if configs else ".")) from e
-  image = builder.info.features["image"] if "image" in builder.info.features else None
-  if not (isinstance(image, tfds.features.Image) and len(image.shape) == 3 and None not in image.shape
-          and image.np_dtype == np.uint8):
-    raise UserError(f"TFDS dataset {name!r} has no 'image' feature of fixed-size uint8 images [H, W, C] (its "
-                    f"features: {', '.join(builder.info.features)}); jaxae reads image datasets such as mnist or "
-                    "cifar10. Save other images as an .npz and use data.source='npz'.")
-  return builder
-
-
-def load_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
-              download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """Images [N, H, W, C] uint8 and labels [N] (-1 without a `label` feature) of the TFDS dataset `name`
-  (see `tfds_builder`), all in one batch, in TFDS's order."""
-  tfds = _tfds()
-  builder = tfds_builder(name, data_dir)
-  if builder.info.splits and split not in builder.info.splits:
-    raise UserError(f"TFDS dataset {name!r} has no {split!r} split (its splits: {', '.join(builder.info.splits)}); "
-                    "jaxae trains on 'train' and evaluates on 'test'. Use data.source='npz' to choose your own.")
-  try:
-    if download:
-      builder.download_and_prepare()
-    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  except Exception as e:  # a missing dataset or a failed download surface as many exception types
-    where = str(builder.data_dir_root)
-    problem = (f"TFDS dataset {name!r} is not in the TFDS data dir {where!r}" if not download else
-               f"Could not load {name!r} through TFDS into {where!r} ({type(e).__name__}: "
-               f"{' '.join(str(e).split())[:300]})")
-    raise UserError(
-        f"{problem}. With network access nothing is needed: leave --config.data.download=True and "
-        "TFDS downloads it. Offline: set TFDS_DATA_DIR (or --config.data.data_dir) to a folder that "
-        f"holds {builder.info.full_name} prepared by TFDS (this project's shared/data/tfds holds mnist).") from e
-  labels = ds["label"] if "label" in ds and ds["label"].ndim == 1 else np.full(len(ds["image"]), NO_LABEL)
-  return ds["image"], labels
-
-
-def cache_dir() -> str:
-  """Where decoded datasets are kept between runs: JAXAE_CACHE_DIR, else ~/.cache/jaxae."""
-  return os.environ.get("JAXAE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "jaxae")
-
-
-def _fingerprint(folder: str) -> str:
-  """A digest of every file's path, size and modification time under `folder` ("" when it does not exist)."""
-  if not os.path.isdir(folder):
-    return ""
-  stats = sorted((os.path.relpath(os.path.join(d, f), folder), st.st_size, st.st_mtime_ns)
-                 for d, _, files in os.walk(folder) for f in files for st in [os.stat(os.path.join(d, f))])
-  return hashlib.sha256(repr(stats).encode()).hexdigest()[:20]
-
-
-def cached_tfds(split: str, *, name: str = "mnist", data_dir: str | None = None,
-                download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """`load_tfds`, with the decoded arrays kept in `cache_dir()` for the next run (TFDS decodes every PNG on
-  each load). The copy is named by the dataset (name, config, version) and keyed by a fingerprint of its
-  prepared files (paths, sizes, times) in <data_dir>/<name>/<config>/<version>, so it is read again when
-  they change; without a prepared copy on disk nothing is cached."""
-  builder = tfds_builder(name, data_dir)
-  folder, stem = str(builder.data_dir), f"tfds-{builder.info.full_name.replace('/', '-')}-{split}"
-  key = _fingerprint(folder)
-  path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
-  if key and os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        return f["images"], f["labels"]
-    except (OSError, ValueError, KeyError):  # a damaged copy: decode again below
-      pass
-  images, labels = load_tfds(split, name=name, data_dir=data_dir, download=download)
-  key = _fingerprint(folder)  # a download may have just prepared it
-  if key:
-    path = os.path.join(cache_dir(), f"{stem}-{key}.npz")
-    try:
-      os.makedirs(cache_dir(), exist_ok=True)
-      with atomic_write(path, "wb") as f:
-        np.savez(f, images=images, labels=labels)
-    except OSError:  # no room or no permission for the cache: it is only a cache
-      pass
-  return images, labels
-
-
-def tfds_image_shape(*, name: str, data_dir: str, **_) -> tuple[int, int, int]:
-  """(H, W, C) of the images of the TFDS dataset `name`, from its metadata."""
-  return tuple(int(n) for n in tfds_builder(name, data_dir).info.features["image"].shape)
-
-
-@register("tfds", image_shape=tfds_image_shape)
-def tfds_split(split: str, *, name: str, data_dir: str, download: bool, **_) -> tuple[np.ndarray, np.ndarray]:
-  """One split of the TFDS dataset `name` (source "tfds") in TFDS's order, kept decoded (see `cached_tfds`)."""
-  return cached_tfds(split, name=name, data_dir=data_dir or None, download=download)
+register("tfds", image_shape=tfds_image_shape)(tfds_split)  # jaxae/tfds_source.py: TFDS, and its decoded cache
 
 
 def read_idx(path: str) -> np.ndarray:

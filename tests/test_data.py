@@ -1,14 +1,17 @@
 """IDX reading, scalings, subsets, the on-device epoch order, TFDS loading and its errors."""
 
 import os
+import subprocess
+import sys
+import types
 
 import chex
 import numpy as np
 import pytest
 
-from jaxae import data, sources
+from jaxae import data, sources, tfds_source
 from jaxae.errors import UserError
-from tests.conftest import write_idx
+from tests.conftest import ROOT, write_idx
 
 
 def test_read_idx_roundtrip(tmp_path):
@@ -136,8 +139,8 @@ def test_real_mnist_both_sources_agree():
 def test_decoded_tfds_data_is_kept_for_the_next_run_and_read_again_when_the_source_changes(tfds_dir, tmp_path,
                                                                                           monkeypatch):
   monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
-  decoded, real = [], sources.load_tfds
-  monkeypatch.setattr(sources, "load_tfds", lambda *a, **k: decoded.append(1) or real(*a, **k))
+  decoded, real = [], tfds_source.load_tfds
+  monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: decoded.append(1) or real(*a, **k))
   first = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
   second = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
   assert len(decoded) == 1 and os.listdir(tmp_path / "cache")
@@ -149,3 +152,129 @@ def test_decoded_tfds_data_is_kept_for_the_next_run_and_read_again_when_the_sour
   third = sources.cached_tfds("test", data_dir=tfds_dir, download=False)
   assert len(decoded) == 2
   np.testing.assert_array_equal(first[0], third[0])
+
+
+def test_tfds_cache_is_found_without_tfds_and_gives_the_image_shape(tfds_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
+  assert tfds_source.cache_key("mnist", str(tmp_path)) == ""  # nothing prepared there: nothing to cache
+  assert tfds_source.cache_key("mnist", tfds_dir) != tfds_source.cache_key("mnist:3.0.1", tfds_dir)  # as given
+  images, labels = tfds_source.cached_tfds("test", data_dir=tfds_dir, download=False)
+
+  def no_tfds(*_, **__):
+    raise AssertionError("TFDS asked although the cache holds the split")
+
+  monkeypatch.setattr(tfds_source, "tfds_builder", no_tfds)
+  monkeypatch.setattr(tfds_source, "load_tfds", no_tfds)
+  again = tfds_source.cached_tfds("test", data_dir=tfds_dir, download=False)
+  np.testing.assert_array_equal(again[0], images)
+  np.testing.assert_array_equal(again[1], labels)
+  assert tfds_source.tfds_image_shape(name="mnist", data_dir=tfds_dir) == (28, 28, 1)  # the cached header's
+
+
+def test_cache_key_follows_the_prepared_files(tfds_dir):
+  key = tfds_source.cache_key("mnist", tfds_dir)
+  assert key and key == tfds_source.cache_key("mnist", tfds_dir)
+  other = os.path.join(tfds_dir, "mnist", "9.9.9")  # another version prepared next to it
+  os.makedirs(other)
+  try:
+    with open(os.path.join(other, "dataset_info.json"), "w", encoding="utf-8") as f:
+      f.write("{}")
+    assert tfds_source.cache_key("mnist", tfds_dir) != key
+  finally:
+    os.remove(os.path.join(other, "dataset_info.json"))
+    os.rmdir(other)
+  assert tfds_source.cache_key("mnist", tfds_dir) == key
+
+
+def _refused_offline(tmp_path, monkeypatch, **fields):
+  """The UserError of loading fashion_mnist from an empty data dir with no server reachable, and the probes."""
+  probes = []
+  monkeypatch.setattr(tfds_source, "reachable", lambda addresses, **_: probes.append(addresses) or False)
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir(parents=True)
+  with pytest.raises(UserError) as e:
+    data.load_dataset(source="tfds", name="fashion_mnist", data_dir=str(data_dir), **fields)
+  assert os.listdir(data_dir) == []  # no downloads/ nor fashion_mnist/ folder left behind
+  message = str(e.value)
+  assert "\n" not in message and "TFDS_DATA_DIR" in message and "--config.data.data_dir" in message
+  assert ("tfds.builder('fashion_mnist', data_dir='DIR').download_and_prepare()" in message
+          and "fashion_mnist/3.0.1" in message), message
+  return message, probes
+
+
+def test_offline_missing_tfds_dataset_fails_fast_in_one_line(tmp_path, monkeypatch):
+  message, probes = _refused_offline(tmp_path, monkeypatch, download=True)
+  assert "no download server answers" in message and "storage.googleapis.com" in message
+  assert len(probes) == 1 and ("storage.googleapis.com", 443) in probes[0]
+  assert ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80) in probes[0]  # the dataset's own URLs
+  message, probes = _refused_offline(tmp_path / "no_download", monkeypatch, download=False)
+  assert "download=False" in message and not probes  # download=False asks no server
+
+
+def test_download_addresses_are_the_servers_or_the_proxy(monkeypatch):
+  for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+    monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv(var.upper(), raising=False)
+  builder = types.SimpleNamespace(url_infos={"http://a.example/x.gz": None, "https://b.example:8443/y": None,
+                                             "http://a.example/z.gz": None})
+  assert tfds_source.download_addresses(builder) == [("storage.googleapis.com", 443), ("a.example", 80),
+                                                     ("b.example", 8443)]
+  monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+  monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+  assert tfds_source.download_addresses(builder) == [("proxy.example", 3128)]
+  monkeypatch.setenv("no_proxy", "b.example")
+  assert tfds_source.download_addresses(builder) == [("proxy.example", 3128), ("b.example", 8443)]
+
+
+def test_reachable_answers_within_its_timeout(monkeypatch):
+  import socket  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as closed:
+    open_port, closed_port = server.getsockname()[1], closed.getsockname()[1]
+    closed.close()  # nothing listens there any more: refused at once
+    assert tfds_source.reachable([("127.0.0.1", open_port)], timeout=5)
+    start = time.monotonic()
+    assert not tfds_source.reachable([("127.0.0.1", closed_port)], timeout=5)
+    assert time.monotonic() - start < 2  # refused: no waiting for the timeout
+    assert tfds_source.reachable([("127.0.0.1", closed_port), ("127.0.0.1", open_port)], timeout=5)
+  release = threading.Event()
+
+  def hang(*_, **__):  # a name lookup that hangs (no socket timeout bounds it)
+    release.wait(10)
+    raise OSError("no answer")
+
+  monkeypatch.setattr(socket, "create_connection", hang)
+  start = time.monotonic()
+  try:
+    assert not tfds_source.reachable([("storage.googleapis.com", 443), ("example.com", 80)], timeout=0.2)
+    assert time.monotonic() - start < 1.5
+  finally:
+    release.set()
+
+
+NO_TF_SCRIPT = """
+import runpy, sys
+sys.argv = ["experiments.main", *sys.argv[1:]]
+try:
+  runpy.run_module("experiments.main", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+  assert not e.code, e.code
+print("imported:", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "tensorflow_datasets"}))
+"""
+
+
+def test_a_run_on_cached_tfds_data_never_imports_tensorflow(tfds_dir, tmp_path, monkeypatch):
+  """experiments/main.py, training, TensorBoard files and figures included, with the data in the cache."""
+  monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path / "cache"))
+  for split in ("train", "test"):
+    tfds_source.cached_tfds(split, data_dir=tfds_dir, download=False)  # what the run before left
+  workdir = str(tmp_path / "run")
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT, "--config", "experiments/configs/undercomplete.py:smoke",
+                        "--workdir", workdir, "--config.epochs=1", "--config.data.source=tfds",
+                        f"--config.data.data_dir={tfds_dir}", "--config.data.download=False"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == "imported: []", out.stdout[-2000:]
+  assert os.listdir(os.path.join(workdir, "tensorboard")) and os.listdir(os.path.join(workdir, "figures"))

@@ -12,7 +12,7 @@ import pytest
 
 from experiments.configs import datasets as datasets_config
 from experiments.configs import default, keras, undercomplete
-from jaxae import checkpoint, data, loop, metrics, report, sources, train
+from jaxae import checkpoint, data, loop, metrics, report, sources, tfds_source, train
 from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 from tests.conftest import FAKE_TFDS, fake_tfds_split
@@ -76,8 +76,8 @@ def test_grayscale_is_the_rounded_601_luma(image_tfds_dir):
 
 def test_the_cache_keeps_each_dataset_apart(image_tfds_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("JAXAE_CACHE_DIR", str(tmp_path))
-  decoded, real = [], sources.load_tfds
-  monkeypatch.setattr(sources, "load_tfds", lambda *a, **k: decoded.append(k["name"]) or real(*a, **k))
+  decoded, real = [], tfds_source.load_tfds
+  monkeypatch.setattr(tfds_source, "load_tfds", lambda *a, **k: decoded.append(k["name"]) or real(*a, **k))
   for _ in range(2):
     for name in sorted(FAKE_TFDS):
       images, _ = sources.cached_tfds("test", name=name, data_dir=image_tfds_dir, download=False)

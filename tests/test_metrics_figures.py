@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -27,6 +28,17 @@ def test_check_finite_names_epoch_and_term():
   metrics.check_finite({"train/loss": 1.0, "train/mse": 0.5}, epoch=3)
   with pytest.raises(FloatingPointError, match=r"epoch 3: train/loss, train/bce not finite"):
     metrics.check_finite({"train/loss": math.nan, "train/bce": math.inf, "train/mse": 0.1}, epoch=3)
+
+
+def test_check_params_finite_names_the_arrays():
+  rng = np.random.default_rng(0)
+  params = {"dense_0": {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)}, "dense_1": {"kernel":
+            rng.normal(size=(3, 2))}}
+  metrics.check_params_finite(params, epoch=1)
+  params["dense_1"]["kernel"][2, 1] = np.inf
+  params["dense_0"]["bias"][0] = np.nan
+  with pytest.raises(FloatingPointError, match=r"epoch 4: parameters \['dense_0'\]\['bias'\], \['dense_1'\]\['kernel'\]"):
+    metrics.check_params_finite(params, epoch=4)
 
 
 def test_figures_hold_what_they_show():
@@ -65,3 +77,42 @@ def test_tangent_figure_has_a_row_per_model():
   assert len(fig.axes) == 2 * 7
   assert [ax.get_ylabel() for ax in fig.axes[::7]] == ["AE", "CAE"]
   assert fig.axes[7 + 5].axison is False  # the CAE's row has 4 directions: the rest stay empty
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def read_records(path):
+  """The records of a TFRecord file: uint64 length, masked CRC-32C of it, data, masked CRC-32C of the data."""
+  masked = lambda b: ((((crc32c(b) >> 15) | (crc32c(b) << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+  raw, records, at = open(path, "rb").read(), [], 0
+  while at < len(raw):
+    header = raw[at:at + 8]
+    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", raw[at + 8:at + 12])
+    data = raw[at + 12:at + 12 + length]
+    (data_crc,) = struct.unpack("<I", raw[at + 12 + length:at + 16 + length])
+    assert header_crc == masked(header) and data_crc == masked(data)
+    records.append(data)
+    at += 16 + length
+  return records
+
+
+def test_tensorboard_event_files_hold_the_scalars(tmp_path):
+  assert crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
+  from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  with metrics.MetricWriter(str(tmp_path)) as w:
+    w.write(10, {"epoch": 1, "train/loss": 2.0, "test/loss": 2.5})
+    w.write(20, {"epoch": 2, "train/loss": 1.5, "test/loss": 2.25, "time/epoch_s": 0.75})
+  (name,) = os.listdir(tmp_path / "tensorboard")
+  events = [event_pb2.Event.FromString(r) for r in read_records(str(tmp_path / "tensorboard" / name))]
+  assert events[0].file_version == "brain.Event:2"
+  scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
+  assert scalars == [(10, "train/loss", 2.0), (10, "test/loss", 2.5), (20, "train/loss", 1.5),
+                     (20, "test/loss", 2.25), (20, "time/epoch_s", 0.75)]
