@@ -10,12 +10,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from jaxae import losses
 
@@ -156,6 +150,10 @@ def linear_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: 
   """Test error of a multinomial logistic regression (scikit-learn, L2 with C=1, features
   standardised on the training codes) fitted on the training codes: how linearly the codes separate
   the classes."""
+  from sklearn.exceptions import ConvergenceWarning  # pylint: disable=g-import-not-at-top  (scikit-learn takes ~3 s
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top  to import: only here)
+  from sklearn.pipeline import make_pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=g-import-not-at-top
   probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)  # the error is reported either way
@@ -166,6 +164,7 @@ def linear_probe(train_codes: np.ndarray, train_labels: np.ndarray, test_codes: 
 def pca(train_x: np.ndarray, test_x: np.ndarray, num_components: int) -> dict[str, np.ndarray]:
   """scikit-learn PCA fitted on train_x [N, D]: codes of both splits [., K] and the test
   reconstructions [M, D] from K components (the linear autoencoder with the least squared error)."""
+  from sklearn.decomposition import PCA  # pylint: disable=g-import-not-at-top
   fitted = PCA(num_components, svd_solver="full").fit(np.asarray(train_x, np.float64))
   test_codes = fitted.transform(np.asarray(test_x, np.float64))
   return {"train_codes": fitted.transform(np.asarray(train_x, np.float64)), "test_codes": test_codes,
@@ -178,6 +177,7 @@ def auroc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float:
   counted half. 0.5 is chance, 1.0 perfect."""
   scores = np.concatenate([normal_scores, anomalous_scores])
   is_anomaly = np.concatenate([np.zeros(len(normal_scores)), np.ones(len(anomalous_scores))])
+  from sklearn.metrics import roc_auc_score  # pylint: disable=g-import-not-at-top
   return float(roc_auc_score(is_anomaly, scores))
 
 
