@@ -41,6 +41,22 @@ def _read(f) -> str:
   return f.read()
 
 
+def _start_two(args, workdir, log_prefix):
+  """The command as 2 processes of 2 CPU devices each, joined through a fresh coordinator port."""
+  port = _free_port()
+  return [_main([*args, "--workdir", workdir], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+                f"{log_prefix}{i}") for i in range(2)]
+
+
+def _wait_for_a_checkpoint(ckpts, procs):
+  deadline = time.monotonic() + 300
+  while not (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):  # a checkpoint committed
+    assert time.monotonic() < deadline and all(p.poll() is None for p, _, _ in procs), \
+        [_read(e)[-2000:] for _, _, e in procs]
+    time.sleep(0.02)
+
+
 def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path):
   args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=2"]
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
@@ -91,25 +107,15 @@ def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, 
   killed, single = str(tmp_path / "killed"), str(tmp_path / "single")
   ckpts = os.path.join(killed, "checkpoints")
 
-  def start(tag):
-    port = _free_port()
-    return [_main([*args, "--workdir", killed], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
-                  str(tmp_path / f"{tag}{i}")) for i in range(2)]
-
-  procs = start("a")
-  deadline = time.monotonic() + 300
-  while not (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):  # a checkpoint committed
-    assert time.monotonic() < deadline and all(p.poll() is None for p, _, _ in procs), \
-        [_read(e)[-2000:] for _, _, e in procs]
-    time.sleep(0.02)
+  procs = _start_two(args, killed, str(tmp_path / "a"))
+  _wait_for_a_checkpoint(ckpts, procs)
   for proc, _, _ in procs:
     proc.send_signal(signal.SIGKILL)
   for proc, _, _ in procs:
     proc.wait()
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
   assert committed and committed[-1] < 96, committed  # killed before the end
-  procs = start("b")
+  procs = _start_two(args, killed, str(tmp_path / "b"))
   ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
@@ -130,18 +136,8 @@ def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_unint
   stopped, single = str(tmp_path / "stopped"), str(tmp_path / "single")
   ckpts = os.path.join(stopped, "checkpoints")
 
-  def start(tag):
-    port = _free_port()
-    return [_main([*args, "--workdir", stopped], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                      JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
-                  str(tmp_path / f"{tag}{i}")) for i in range(2)]
-
-  procs = start("a")
-  deadline = time.monotonic() + 300
-  while not (os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))):  # epoch 1 saved
-    assert time.monotonic() < deadline and all(p.poll() is None for p, _, _ in procs), \
-        [_read(e)[-2000:] for _, _, e in procs]
-    time.sleep(0.02)
+  procs = _start_two(args, stopped, str(tmp_path / "a"))
+  _wait_for_a_checkpoint(ckpts, procs)  # epoch 1 saved
   procs[1][0].send_signal(signal.SIGTERM)
   signalled = time.monotonic()
   time.sleep(3)
@@ -155,7 +151,7 @@ def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_unint
   step = int(said[0].split(" at step ")[1].split()[0])
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
   assert committed[-1] == step < 240, (committed, said)  # saved once, together, before the end
-  procs = start("b")
+  procs = _start_two(args, stopped, str(tmp_path / "b"))
   ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
