@@ -27,7 +27,7 @@ from absl import logging
 
 from jaxae import analysis, checkpoint, corruption, data, losses, metrics, models, objective, parallel, train
 from jaxae.errors import UserError
-from jaxae.settings import Settings
+from jaxae.settings import Settings, require_fields
 from jaxae.train import bind_encode
 
 DTYPES = ("float32", "float64")
@@ -98,11 +98,8 @@ class Components:
   def check_config(config: ml_collections.ConfigDict) -> Settings:
     """The checks of a config that need no data (dtype, the loop's settings, the optimizer): UserError for a
     bad value; returns the loop's settings."""
-    missing = [name for name in ("dtype", "matmul_precision", "imports", "data", "model", "loss", "loss_options",
-                                 "corruption", "optimizer") if name not in config]
-    if missing:
-      raise UserError(f"The config has no field {missing[0]!r} (a config.json saved by an older jaxae?); start "
-                      "from a current config in experiments/configs/, or train it again with the current code.")
+    require_fields(config, ("dtype", "matmul_precision", "imports", "data", "model", "loss", "loss_options",
+                            "corruption", "optimizer"))
     if config.dtype not in DTYPES:
       raise UserError(f"Unknown dtype {config.dtype!r}; known: {', '.join(DTYPES)}.")
     if config.matmul_precision not in MATMUL_PRECISIONS:

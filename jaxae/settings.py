@@ -35,10 +35,7 @@ class Settings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Settings:
     """The config's top-level fields of these names; UserError for a value out of range."""
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in config]
-    if missing:
-      raise UserError(f"The config has no field {missing[0]!r} (a config.json saved by an older jaxae?); start "
-                      "from a current config in experiments/configs/, or train it again with the current code.")
+    require_fields(config, [f.name for f in dataclasses.fields(cls)])
     settings = cls(**{f.name: config[f.name] for f in dataclasses.fields(cls)})
     settings.check()
     return settings
@@ -51,6 +48,14 @@ class Settings:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise UserError(f"Unknown compute_dtype {self.compute_dtype!r}; known: '' (the parameters' dtype), "
                       "'bfloat16', 'float32'.")
+
+
+def require_fields(config: ml_collections.ConfigDict, names) -> None:
+  """UserError naming the first of `names` that the config lacks (a config.json of an older jaxae)."""
+  missing = [name for name in names if name not in config]
+  if missing:
+    raise UserError(f"The config has no field {missing[0]!r} (a config.json saved by an older jaxae?); start "
+                    "from a current config in experiments/configs/, or train it again with the current code.")
 
 
 # Config fields outside Settings that a resumed run may change: where the data is read from, the switch itself.
