@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -137,7 +138,9 @@ def _npz_keys(path: str) -> list[str]:
   if not os.path.isfile(path):
     raise UserError(f"data.path {path!r} does not exist; point --config.data.path at your .npz file.")
   if not zipfile.is_zipfile(path):
-    raise UserError(f"data.path {path!r} is not an .npz file; write one with np.savez({os.path.basename(path)!r}, "
+    stem = os.path.splitext(os.path.basename(path))[0]  # np.savez("x.npy", ...) would write x.npy.npz
+    one = " (a .npy holds one array; jaxae reads both splits from one .npz)" if path.endswith(".npy") else ""
+    raise UserError(f"data.path {path!r} is not an .npz file{one}; write one with np.savez({stem + '.npz'!r}, "
                     "train_images=..., test_images=...).")
   with zipfile.ZipFile(path) as z:
     return [n.removesuffix(".npy") for n in z.namelist()]
@@ -151,6 +154,10 @@ def _require(path: str, key: str, keys: Sequence[str]) -> None:
 
 def _image_shape(shape: Sequence[int], where: str) -> tuple[int, int, int]:
   """(H, W, C) of one image of an array of `shape` [N, H, W, C] or [N, H, W] (C = 1)."""
+  if len(shape) == 2 and shape[0] and math.isqrt(shape[1]) ** 2 == shape[1]:
+    side = math.isqrt(shape[1])
+    raise UserError(f"{where} has shape {tuple(shape)}: flat rows; give images, e.g. "
+                    f"images.reshape(-1, {side}, {side}) if each row is a {side} x {side} image.")
   if len(shape) not in (3, 4) or not shape[0]:
     raise UserError(f"{where} has shape {tuple(shape)}; give at least one image, as [N, H, W, C] or [N, H, W] "
                     "(one channel).")

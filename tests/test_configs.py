@@ -39,3 +39,17 @@ def test_config_smoke_runs(name, idx_dir, tmp_path, restore_x64):
   (record,) = metrics.read_metrics(str(tmp_path))
   assert all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)), record
   assert set(config.loss) <= {k.split("/")[1] for k in record if k.startswith("test/")}
+
+
+def test_tied_configs_take_the_input_size_from_the_data():
+  """S5's and S6's tied nets fit any image size; an input_dim that disagrees with the data names the field."""
+  from experiments.configs import cae_theano, stacked_tied  # pylint: disable=g-import-not-at-top
+  from jaxae import models  # pylint: disable=g-import-not-at-top
+  for config in (cae_theano.get_config(), stacked_tied.get_config()):
+    kwargs = {k: v for k, v in config.model.kwargs.to_dict().items() if v is not None}
+    model = models.build("tied", input_shape=(8, 8, 1), **kwargs)
+    params = model.init(jax.random.PRNGKey(0), np.ones((2, 64), np.float32))["params"]
+    assert params["kernel_0"].shape == (64, config.model.kwargs.features[0])
+  wrong = models.build("tied", input_dim=784, features=(5,), input_shape=(8, 8, 1))
+  with pytest.raises(ValueError, match=r"input_dim=784, but one example of the data has 64 values.*input_dim=0"):
+    wrong.init(jax.random.PRNGKey(0), np.ones((2, 64), np.float32))

@@ -33,7 +33,6 @@ def get_config(arg: str | None = None):
     c.data.name = "cifar10"
     c.data.grayscale = True
     c.data.scaling = "unit"       # x / 255; x / 256 was the Theano tutorial's MNIST file
-    c.model.kwargs.input_dim = 0  # from the data: 32 * 32 * 1
     if not smoke:
       c.data.train_subset = 0     # all 50,000 (the base keeps MNIST's last 10,000 for validation)
   return c

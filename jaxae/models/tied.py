@@ -40,6 +40,10 @@ class TiedAE(nn.Module):
   def setup(self):
     if not (self.input_dim or self.input_shape):
       raise ValueError("TiedAE needs its input size: give input_dim, or build it with models.build(..., input_shape=).")
+    if self.input_dim and self.input_shape and self.input_dim != math.prod(self.input_shape):
+      raise ValueError(f"TiedAE's input_dim={self.input_dim}, but one example of the data has "
+                       f"{math.prod(self.input_shape)} values (shape {tuple(self.input_shape)}): set "
+                       "config.model.kwargs.input_dim=0 to take the size from the data.")
     widths = (self.input_dim or math.prod(self.input_shape), *self.features)
     if min(widths) < 1:
       raise ValueError(f"TiedAE widths must be positive, got input_dim={self.input_dim}, features={tuple(self.features)}.")
