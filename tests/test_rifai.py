@@ -111,26 +111,33 @@ def test_constant_rate_fine_tuning_resumes_after_a_kill_as_if_never_stopped(idx_
   whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
   want = finetuning.pretrain_and_finetune(_small(idx_dir, "dae", 0.3), whole, parts, lrs=[0.5], schedule=plan)[0.5]
 
-  class KilledBar:  # the progress bar of the fine-tuning: killed after its second epoch
+  class Bar:  # the progress bar of the fine-tuning: counts its epochs
+    last = None
     def __init__(self, **kwargs):
       self.n = 0
-    def update(self):
-      self.n += 1
-      if self.n == 2:
-        raise KeyboardInterrupt
+      Bar.last = self
+    def update(self, n=1):
+      self.n += n
     def set_postfix(self, **kwargs):
       pass
     def close(self):
       pass
+
+  class KilledBar(Bar):  # killed after its second epoch
+    def update(self, n=1):
+      super().update(n)
+      if self.n == 2:
+        raise KeyboardInterrupt
 
   monkeypatch.setattr(finetuning, "tqdm", KilledBar)
   with pytest.raises(KeyboardInterrupt):
     finetuning.pretrain_and_finetune(_small(idx_dir, "dae", 0.3), killed, parts, lrs=[0.5], schedule=plan)
   path = os.path.join(killed, finetuning.record_name(0.5, "constant"))
   assert not os.path.exists(path) and os.path.exists(finetuning.snapshot_of(path))
-  monkeypatch.undo()
+  monkeypatch.setattr(finetuning, "tqdm", Bar)
   got = finetuning.pretrain_and_finetune(_small(idx_dir, "dae", 0.3), killed, parts, lrs=[0.5], schedule=plan)[0.5]
   assert got == want and len(got["history"]) == 3 and not os.path.exists(finetuning.snapshot_of(path))
+  assert Bar.last.n == 3  # the resumed bar counts the epochs before the kill too
   assert os.path.basename(path) == "finetune_constant_lr0.5.json" and got["finetune"]["schedule"] == "constant"
   assert got["best_by_loss"]["valid_loss"] == min(h["valid_loss"] for h in got["history"])
   assert not os.path.exists(os.path.join(killed, finetuning.record_name(0.5)))  # no cosine record

@@ -17,6 +17,7 @@ import time
 
 from absl import app, flags
 
+from experiments.cli import start_command
 from experiments.rifai import protocol, tables
 from experiments.rifai.finetuning import Schedule, pretrain_and_finetune
 from jaxae import finetune, sweep
@@ -93,6 +94,7 @@ def run_study() -> None:
 
 def main(argv):
   del argv
+  start_command()  # Orbax and absl log every restore at INFO: quiet, as main and report are
   try:
     run_study()
     print(tables.rifai_tables(FLAGS.root))

@@ -52,7 +52,8 @@ class Schedule:
       return finetune.finetune(key, classifier, start, finetune.sgd(lr, schedule=self.name, total_steps=steps),
                                parts.train, parts.splits["valid"], parts.test, epochs=self.epochs,
                                batch_size=self.batch_size, stopping=self.early_stopping, snapshot=snapshot,
-                               progress=lambda r: (bar.update(), bar.set_postfix(valid=r["valid_error"])))
+                               progress=lambda r: (bar.update(r["epoch"] - bar.n),  # a resumed one jumps ahead
+                                                   bar.set_postfix(valid=r["valid_error"])))
     finally:
       bar.close()
 
