@@ -1,6 +1,9 @@
 """Figures and the results-table row of a run, from its workdir alone (config, checkpoint, metrics).
 
-  python -m experiments.report --workdir runs/s1 [--figures_dir docs/figures/s1]
+  python -m experiments.report --workdir runs/s1 [--figures_dir DIR]
+
+The figures under docs/figures are drawn through this command by python -m experiments.figures, which names
+each one's run and caption.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ def code_scatter_3d(codes: np.ndarray, labels: np.ndarray, *, title: str = "Test
   ax.set_zlim(lo[2], hi[2])
   ax.set_xlabel("h1")
   ax.set_ylabel("h2")
-  ax.set_zlabel("h3")
+  ax.set_zlabel("h3", labelpad=6)
+  ax.set_box_aspect(None, zoom=0.9)  # room for the third axis' label, which the full-size box pushes out
   ax.set_title(f"{title}, {int((~inside).sum())} outliers not drawn" if (~inside).any() else title)
   ax.legend(title="label", markerscale=5, loc="center left", bbox_to_anchor=(1.08, 0.5), ncol=1 + len(classes) // 20)
   fig.subplots_adjust(left=0.0, right=0.84, top=0.95, bottom=0.03)
@@ -196,14 +197,17 @@ def tangents(rows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *, shap
   return fig
 
 
-def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation of each code unit (test set)"):
-  """Bars of each code unit's mean activation [K], sorted, largest first: how sparse the code got."""
+def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation of each code unit (test set)",
+                  ylabel: str = "mean activation"):
+  """Bars of each code unit's mean activation [K], sorted, largest first: how sparse the code got. The x axis is
+  the rank after sorting, not the unit's index in the code."""
   values = np.sort(np.asarray(mean_activation))[::-1]
   fig, ax = plt.subplots(figsize=(7, 3.4))
-  ax.bar(np.arange(len(values)), values, width=1.0, color="tab:blue")
-  ax.set_xlabel("code unit (sorted by mean activation)")
-  ax.set_ylabel("mean activation")
-  ax.set_xlim(-0.5, len(values) - 0.5)
+  ax.bar(np.arange(1, len(values) + 1), values, width=1.0, color="tab:blue")
+  ax.set_xlabel(f"rank of the unit (the {len(values)} code units sorted by this value, largest first)")
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.set_ylabel(ylabel)
+  ax.set_xlim(0.5, len(values) + 0.5)
   ax.set_title(title, fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   fig.tight_layout()

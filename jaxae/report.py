@@ -93,7 +93,8 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
     if verbose:
       print(code_stats(codes))
     save(figures.unit_activity(np.abs(codes).mean(0), title=f"Mean |h_j| of each of the {codes.shape[-1]} code "
-                               f"units over the test set ({', '.join(config.loss)})"), "code_activity.png")
+                               f"units over the test set ({', '.join(config.loss)})", ylabel="mean |h_j|, test set"),
+         "code_activity.png")
   if 8 <= codes.shape[-1] <= 64 and "mu" not in out:  # a VAE's code is a distribution: vae_report draws it
     decoded = run.decode(code_interpretation(codes))
     save(figures.image_grid(show(decoded), cols=min(codes.shape[-1], 8), shape=shape, value_range=value_range,

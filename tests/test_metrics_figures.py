@@ -116,3 +116,15 @@ def test_tensorboard_event_files_hold_the_scalars(tmp_path):
   scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
   assert scalars == [(10, "train/loss", 2.0), (10, "test/loss", 2.5), (20, "train/loss", 1.5),
                      (20, "test/loss", 2.25), (20, "time/epoch_s", 0.75)]
+
+
+def test_figure_axes_name_what_they_show():
+  rng = np.random.default_rng(1)
+  ax = figures.code_scatter_3d(rng.normal(size=(50, 3)), rng.integers(0, 10, 50)).axes[0]
+  assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_zlabel()) == ("h1", "h2", "h3")
+  activity = rng.uniform(size=7)
+  ax = figures.unit_activity(activity, ylabel="mean |h_j|").axes[0]
+  assert "rank" in ax.get_xlabel() and "7 code units" in ax.get_xlabel() and ax.get_ylabel() == "mean |h_j|"
+  bars = ax.patches
+  assert [round(b.get_x() + b.get_width() / 2) for b in bars] == list(range(1, 8))  # ranks 1..K, not unit indices
+  np.testing.assert_allclose([b.get_height() for b in bars], np.sort(activity)[::-1])
