@@ -4,7 +4,7 @@ r"""Comparison tables as Markdown, read from finished workdirs; the README's tab
   python -m experiments.compare --probe runs/s1,runs/s5,...             # linear probe of each encoder's codes
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
-  python -m experiments.compare --sweep runs/cae_sweep [--metric test/loss] [--rows_json PATH]  # mean, 95% t per setting
+  python -m experiments.compare --sweep runs/cae_sweep [--metric all] [--rows_json PATH]  # mean, 95% t per setting
   python -m experiments.compare --paired runs/cae/base --paired runs/dae/base [--metric test/loss]  # A - B, same seeds
 
 Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir; --rows_json
@@ -40,7 +40,8 @@ flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly saves it
 flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
-flags.DEFINE_string("metric", "", "--sweep and --paired: this metric of the final record only (e.g. test/loss).")
+flags.DEFINE_string("metric", "test/loss", "--sweep and --paired: this metric of the final records only; 'all' "
+                    "for every metric they hold (train/ and test/ terms, time/).")
 flags.DEFINE_string("rows_json", "", "--sweep and --paired: also write their rows to this JSON file.")
 
 NOISE_STD = 0.1  # the "noisy" anomalies: normal test digits plus N(0, 0.1^2) per pixel, clipped to [0, 1]
@@ -153,17 +154,41 @@ def _interval(iv: stats.Interval) -> dict:
   return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in iv._asdict().items()}
 
 
-def _g(x: float | None) -> str:
-  return "-" if x is None else f"{x:.4g}"
+def decimals(rows: list[dict]) -> int:
+  """Decimal places for one metric's column: two significant digits of its smallest half-width (the
+  digits beyond say nothing), or four of its largest mean where no row has an interval (one seed)."""
+  widths = [r["half_width"] for r in rows if r.get("half_width")]
+  scale = min(widths) if widths else max((abs(r["mean"]) for r in rows), default=0.0)
+  if not scale or not np.isfinite(scale):
+    return 4
+  return int(np.clip((1 if widths else 3) - np.floor(np.log10(scale)), 0, 10))
+
+
+# Metrics that cannot be negative: a mean's t-interval is cut at 0 for them (the cut keeps its coverage).
+NONNEGATIVE = ("time/",)
+
+
+def _nonnegative(metric: str, rows: list[dict]) -> bool:
+  return metric.startswith(NONNEGATIVE) and all(r["mean"] >= 0 for r in rows)
+
+
+def _cells(rows: list[dict]) -> list[list[str]]:
+  """mean, ±, interval of one metric's rows, all to the same decimal places; a bound cut at 0 is marked *."""
+  d, cut = decimals(rows), _nonnegative(rows[0]["metric"], rows)
+  f = lambda x: "-" if x is None else f"{x:.{d}f}"
+  low = lambda r: ("0*" if cut and r["low"] is not None and r["low"] < 0 else f(r["low"]))
+  return [[f(r["mean"]), f(r["half_width"]), f"[{low(r)}, {f(r['high'])}]"] for r in rows]
 
 
 def sweep_table(rows: list[dict], missing: list[str]) -> str:
-  """The rows of `sweep_rows` as Markdown, grouped by metric."""
-  order = {m: i for i, m in enumerate(dict.fromkeys(r["metric"] for r in rows))}
-  rows = sorted(rows, key=lambda r: order[r["metric"]])  # stable: the settings stay in the sweep's order
-  table = markdown.table(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"],
-                         [[r["metric"], r["setting"], r["n"], _g(r["mean"]), _g(r["half_width"]),
-                           f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows])
+  """The rows of `sweep_rows` as Markdown, grouped by metric, each metric's numbers to the same digits."""
+  by_metric = {m: [r for r in rows if r["metric"] == m] for m in dict.fromkeys(r["metric"] for r in rows)}
+  body = [[r["metric"], r["setting"], r["n"], *cells] for group in by_metric.values()
+          for r, cells in zip(group, _cells(group))]  # the settings stay in the sweep's order
+  rows = [r for group in by_metric.values() for r in group]
+  table = markdown.table(["metric", "setting", "n", "mean", "± (95% t)", "95% interval"], body)
+  if any(c[5].startswith("[0*") for c in body):
+    table += "\n\n* cut at 0: the quantity cannot be negative (the t-interval reached below it)."
   results = [r for r in rows if not r["metric"].startswith("time/")]  # an epoch's time differs between runs anyway
   same = [s for s in dict.fromkeys(r["setting"] for r in results)
           if all(r["same_for_every_seed"] for r in results if r["setting"] == s)]
@@ -202,8 +227,13 @@ def paired_rows(setting_a: str, setting_b: str, metric: str = "") -> list[dict]:
 def paired_table(rows: list[dict]) -> str:
   return (f"A = {rows[0]['a']}, B = {rows[0]['b']}, seeds {rows[0]['seeds']}\n\n"
           + markdown.table(["metric", "n", "mean A", "mean B", "mean of A - B", "95% interval of A - B (paired t)"],
-                           [[r["metric"], r["n"], _g(r["mean_a"]), _g(r["mean_b"]), _g(r["mean"]),
-                             f"[{_g(r['low'])}, {_g(r['high'])}]"] for r in rows]))
+                           [[r["metric"], r["n"], *_paired_cells(r)] for r in rows]))
+
+
+def _paired_cells(r: dict) -> list[str]:
+  d = decimals([r])
+  f = lambda x: "-" if x is None else f"{x:.{d}f}"
+  return [f(r["mean_a"]), f(r["mean_b"]), f(r["mean"]), f"[{f(r['low'])}, {f(r['high'])}]"]
 
 
 def main(argv):
@@ -214,6 +244,10 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _metric_flag() -> str:
+  return "" if FLAGS.metric == "all" else FLAGS.metric
 
 
 def print_tables() -> None:
@@ -232,10 +266,10 @@ def print_tables() -> None:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
   out = {}
   if FLAGS.sweep:
-    out["sweep"], missing = sweep_rows(FLAGS.sweep, FLAGS.metric)
+    out["sweep"], missing = sweep_rows(FLAGS.sweep, _metric_flag())
     print(sweep_table(out["sweep"], missing), end="\n\n")
   if FLAGS.paired:
-    out["paired"] = paired_rows(*FLAGS.paired, metric=FLAGS.metric)
+    out["paired"] = paired_rows(*FLAGS.paired, metric=_metric_flag())
     print(paired_table(out["paired"]), end="\n\n")
   if FLAGS.rows_json and out:
     with atomic_write(FLAGS.rows_json) as f:

@@ -96,8 +96,9 @@ def parse_seeds(n: int, seed_list: list[str]) -> list[int]:
 
 
 def format_value(value) -> str:
-  """A value as it reads in a folder name: 0.1, 1e-05, adam, (32,3); a "/" becomes "_"."""
+  """A value as it reads in a folder name: 0.1, 1e-05, 1 (the float 1.0), adam, (32,3); a "/" becomes "_"."""
   text = repr(value) if isinstance(value, float) else str(value)
+  text = text.removesuffix(".0") if isinstance(value, float) else text
   return text.replace(" ", "").replace("'", "").replace("/", "_")
 
 
@@ -168,12 +169,17 @@ def merged_spec(old: dict | None, grid: dict[str, list], seeds: list[int], base:
   if changed:
     raise UserError(f"The sweep in this --root has another base config ({'; '.join(changed)}). Use another --root, "
                     "or the same --config and overrides.")
-  known = {s["name"] for s in old["settings"]}
-  spec["settings"] = old["settings"] + [s for s in spec["settings"] if s["name"] not in known]
+  known = {_values_key(s["values"]) for s in old["settings"]}  # by values: older folder names are kept
+  spec["settings"] = old["settings"] + [s for s in spec["settings"] if _values_key(s["values"]) not in known]
   spec["seeds"] = sorted(set(old["seeds"]) | set(seeds))
   for field, values in old["grid"].items():
     spec["grid"][field] = values + [v for v in spec["grid"].get(field, []) if v not in values]
   return spec
+
+
+def _values_key(values: dict) -> str:
+  """A setting's values as sweep.json holds them (tuples as lists), as one comparable string."""
+  return json.dumps(json.loads(json.dumps(values, default=str)), sort_keys=True)
 
 
 def write_spec(root: str, spec: dict) -> None:
@@ -194,8 +200,10 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
   the sweep before any training. A run that diverges is reported and the sweep goes on; SIGTERM
   (loop.Preempted) ends it, resumable.
   """
-  jobs = [(name, seed, run_config(base, overrides, seed)) for name, overrides in settings(grid) for seed in seeds]
   spec = merged_spec(read_spec(root), grid, seeds, base)
+  folder = {_values_key(s["values"]): s["name"] for s in spec["settings"]}  # earlier sweeps' folder names
+  jobs = [(folder[_values_key(overrides)], seed, run_config(base, overrides, seed))
+          for _, overrides in settings(grid) for seed in seeds]
   for name, seed, config in jobs:
     loop.check_run(config, workdir_of(root, name, seed))
   write_spec(root, spec)

@@ -15,6 +15,7 @@ from jaxae import data, loop, metrics, stats, sweep
 from jaxae.errors import UserError
 from tests.conftest import ROOT, tiny_config
 
+pytestmark = pytest.mark.xdist_group("sweep")  # under pytest-xdist, one worker trains the module's `finished` once
 GRID = {"optimizer.learning_rate": [1e-3, 1e-2]}
 NAMES = ["optimizer.learning_rate=0.001", "optimizer.learning_rate=0.01"]
 
@@ -108,8 +109,10 @@ def test_compare_sweep_means_and_intervals_match_numpy(finished, tmp_path):
       assert r["half_width"] == pytest.approx(half, rel=1e-4)
   table = compare.sweep_table(*compare.sweep_rows(root, "test/loss"))
   assert [(r[0], r[1], r[2]) for r in _rows(table)] == [("test/loss", n, "2") for n in NAMES]
-  for row, name in zip(_rows(table), NAMES):
-    assert float(row[3]) == pytest.approx(np.mean([r["test/loss"] for r in final[name]]), rel=1e-3)
+  for row, name in zip(_rows(table), NAMES):  # rounded to the digits the interval leaves meaningful
+    places = len(row[3].partition(".")[2])
+    assert abs(float(row[3]) - np.mean([r["test/loss"] for r in final[name]])) <= 0.5 * 10.0 ** -places + 1e-12
+    assert places == compare.decimals([by[n, "test/loss"] for n in NAMES])
 
   paired = {r["metric"]: r for r in compare.paired_rows(*(os.path.join(root, n) for n in NAMES))}["test/loss"]
   a, b = ([r["test/loss"] for r in final[n]] for n in NAMES)
@@ -221,3 +224,26 @@ def test_seeds_that_change_nothing_are_called_out(finished, tmp_path):
     f.writelines(json.dumps(r) + "\n" for r in records)
   table = compare.sweep_table(*compare.sweep_rows(root))
   assert f"Warning: every seed of {NAMES[1]} gave the same metrics" in table and NAMES[0] not in table.split("Warning")[1]
+
+
+def test_folder_names_read_as_typed_and_older_roots_keep_theirs(make_config, tmp_path):
+  config = make_config()
+  grid = sweep.parse_grid(["optimizer.learning_rate=1,0.5"], config)
+  assert [n for n, _ in sweep.settings(grid)] == ["optimizer.learning_rate=1", "optimizer.learning_rate=0.5"]
+  old = sweep.merged_spec(None, grid, [0], config)
+  old["settings"][0]["name"] = "optimizer.learning_rate=1.0"  # as an earlier version named it
+  spec = sweep.merged_spec(old, sweep.parse_grid(["optimizer.learning_rate=1,0.25"], config), [0], config)
+  assert [s["name"] for s in spec["settings"]] == ["optimizer.learning_rate=1.0", "optimizer.learning_rate=0.5",
+                                                   "optimizer.learning_rate=0.25"]
+
+
+def test_sweep_table_digits_follow_the_interval_and_times_stop_at_zero():
+  rows = [{"metric": "test/loss", "setting": s, "n": 3, "mean": m, "half_width": h, "low": m - h, "high": m + h,
+           "same_for_every_seed": False}
+          for s, m, h in (("a", 0.0912345, 0.00123), ("b", 0.1, 0.0456))]
+  rows.append({"metric": "time/epoch_s", "setting": "a", "n": 3, "mean": 0.0387, "half_width": 0.0502,
+               "low": 0.0387 - 0.0502, "high": 0.0387 + 0.0502, "same_for_every_seed": False})
+  cells = [r[3:] for r in _rows(compare.sweep_table(rows, []))]
+  assert cells[:2] == [["0.0912", "0.0012", "[0.0900, 0.0925]"], ["0.1000", "0.0456", "[0.0544, 0.1456]"]]
+  assert cells[2] == ["0.039", "0.050", "[0*, 0.089]"]
+  assert "cut at 0" in compare.sweep_table(rows, [])
