@@ -27,6 +27,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/rifai", "Folder of the runs, one workdir per model, strength and seed.")
 flags.DEFINE_integer("pretrain_epochs", 0, "Pretraining epochs; 0: the config's 50. Give another --root; with "
                      "--from_root, the runs pretrained to 50 epochs there continue to this many.", lower_bound=0)
+flags.DEFINE_float("pretrain_lr", 0.0, "Pretraining SGD rate; 0: the config's 0.01 (the Theano tutorial's). The "
+                   "authors' CAE code of the time defaulted to 0.001 for 200 epochs. Give another --root.", lower_bound=0)
 flags.DEFINE_string("from_root", "", "Start each run from the same model, strength and seed pretrained in this "
                     "root: copied into --root without its fine-tuning and probe records, unless --root has it already.")
 flags.DEFINE_enum("schedule", "cosine", finetune.SCHEDULES, "Fine-tuning rate: cosine (decayed to 0 over "
@@ -82,7 +84,8 @@ def run_study() -> None:
   for i, (seed, model, value) in enumerate(runs):
     workdir = protocol.workdir_of(FLAGS.root, model, value, seed)
     start = time.time()
-    config = protocol.configure(model, protocol.GRID[model][0], value, FLAGS.smoke, seed, FLAGS.pretrain_epochs)
+    config = protocol.configure(model, protocol.GRID[model][0], value, FLAGS.smoke, seed, FLAGS.pretrain_epochs,
+                                FLAGS.pretrain_lr)
     if FLAGS.from_root and config.epochs:  # the MLP has nothing pretrained to copy
       protocol.copy_pretrained(protocol.workdir_of(FLAGS.from_root, model, value, seed), workdir)
     records = pretrain_and_finetune(config, workdir, parts, lrs=lrs, schedule=tuning,

@@ -44,11 +44,14 @@ def parse_strengths(specs: list[str]) -> dict[str, tuple]:
   return values
 
 
-def configure(model: str, field: str, value, smoke: bool, seed: int = 0, pretrain_epochs: int = 0):
-  """The pretraining config of one run (the MLP: the AE's, with 0 epochs)."""
+def configure(model: str, field: str, value, smoke: bool, seed: int = 0, pretrain_epochs: int = 0,
+              pretrain_lr: float = 0.0):
+  """The pretraining config of one run (the MLP: the AE's, with 0 epochs); 0 keeps the config's epochs, rate."""
   config = rifai_config.get_config(("ae" if model == "mlp" else model) + (",smoke" if smoke else ""))
   if pretrain_epochs:
     config.epochs = pretrain_epochs
+  if pretrain_lr:
+    config.optimizer.learning_rate = pretrain_lr
   if model == "mlp":
     config.epochs = 0
   config.seed = seed
