@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from experiments import compare
 from experiments.rifai import columns, finetuning, protocol, tables
+from experiments.rifai import figures as rifai_figures
 from experiments.rifai.finetuning import Schedule
 from jaxae import data, finetune, losses, models, objective
 from jaxae.errors import UserError
@@ -64,6 +65,11 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path, monkeypatch
   assert [r[0] for r in _rows(table1)] == ["ae", "cae", "mlp"] and _rows(table1)[1][6] == "1.14"
   assert _rows(table1)[1][11] == "0.73" and _rows(table1)[1][13] == "86.4" and _rows(table1)[2][11] == "-"
   assert sorted(r[1] for r in _rows(search)) == ["-", "-", "contractive = 0.03", "contractive = 0.3"]
+  names = [protocol.run_name("ae", None), protocol.run_name("cae", 0.3)]
+  paths = rifai_figures.draw(str(tmp_path), names, 0, str(tmp_path / "figures"), parts=parts)
+  assert [os.path.basename(p) for p in paths] == [f"filters_{n}.png" for n in names] + ["activations.png",
+                                                                                           "finetuning.png"]
+  assert all(os.path.getsize(p) > 1000 for p in paths)
   # A second seed: its own initialisation (config.seed), and the tables count it.
   seed1 = small("ae", None)
   seed1.seed = 1
@@ -329,3 +335,14 @@ def test_the_study_config_loads_by_its_path_as_main_takes_it(monkeypatch):
     assert config.model.kwargs.features == (1000,) and config.dtype == "float32" and config.epochs == 1
     assert config.to_dict() == protocol.configure(variant, "", None, smoke=True).to_dict()
     assert protocol.GRID[variant][0] == field and functools.reduce(getattr, field.split("."), config) == value
+
+
+def test_the_activation_histogram_counts_the_stuck_units():
+  rng = np.random.default_rng(0)
+  h = rng.uniform(0.2, 0.8, (200, 6))
+  h[:, 0], h[:, 1] = 0.01, 0.99  # always off, always on
+  h[:3, 2] = 0.5
+  h[3:, 2] = 0.001  # off on 98.5% of the digits: not stuck
+  fig = rifai_figures.activation_histograms({"x": h}, margin=0.05)
+  (label,) = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert "2 of 6 units saturated on >= 99% of digits" in label

@@ -28,11 +28,15 @@ from jaxae.run import TrainedRun, read_config
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_string("root", "runs/rifai", "The study's root (ROOT/<run>/seed=<k>).")
-flags.DEFINE_list("runs", ["cae_0.2", "dae_0.7"], "Pretrained runs to draw, by folder name.")
-flags.DEFINE_integer("seed", 0, "Which seed's workdirs.")
-flags.DEFINE_string("out", "experiments/rifai/figures", "Folder for the PNGs.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (the module is imported beside the study's own flags too)."""
+  flags.DEFINE_string("root", "runs/rifai", "The study's root (ROOT/<run>/seed=<k>).")
+  flags.DEFINE_list("runs", ["cae_0.2", "dae_0.7"], "Pretrained runs to draw, by folder name.")
+  flags.DEFINE_integer("seed", 0, "Which seed's workdirs.")
+  flags.DEFINE_string("out", "experiments/rifai/figures", "Folder for the PNGs.")
 
 
 def activation_histograms(codes: dict[str, np.ndarray], *, margin: float, bins: int = 50):
@@ -76,10 +80,10 @@ def _records(workdir: str, run: str) -> dict[str, dict]:
   return out
 
 
-def draw(root: str, runs: list[str], seed: int, out: str) -> list[str]:
-  """Draws the figures into `out`; returns their paths."""
+def draw(root: str, runs: list[str], seed: int, out: str, parts=None) -> list[str]:
+  """Draws the figures into `out` (test digits from `parts`, default the study's splits); returns their paths."""
   os.makedirs(out, exist_ok=True)
-  parts, codes, records, paths = protocol.splits(False), {}, {}, []
+  parts, codes, records, paths = parts or protocol.splits(False), {}, {}, []
   for run in runs:
     workdir = os.path.join(root, run, f"seed={seed}")
     trained = TrainedRun.open(workdir, dataset=protocol.pretraining_data(read_config(workdir), parts))
@@ -107,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
