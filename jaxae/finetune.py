@@ -10,6 +10,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -72,15 +73,25 @@ def init_from_pretrained(key: jax.Array, classifier: Classifier, pretrained, exa
   return {**params, "autoencoder": encoder}
 
 
-def make_epoch(classifier: Classifier) -> Callable:
-  """Jitted (state, x [N, D], labels [N], idx [S, B]) -> (state, mean loss [S]): one epoch of
-  softmax cross-entropy steps, a `lax.scan` over batches gathered on the device by index."""
+Penalty = Callable[[Callable, jax.Array, Any], jax.Array]
+
+
+def make_epoch(classifier: Classifier, penalty: Penalty | None = None) -> Callable:
+  """Jitted (state, x [N, D], labels [N], idx [S, B], extra [N, ...] or None) -> (state, mean loss [S]): one
+  epoch of softmax cross-entropy steps, a `lax.scan` over batches gathered on the device by index.
+
+  penalty: an extra term of the loss, (logits_of, x_batch, extra_batch) -> scalar, where logits_of maps
+    examples to logits with the step's parameters and extra_batch holds the rows of `extra` of the batch
+    (e.g. the MTC's tangents, experiments/mtc/tangent_prop.py)."""
   @functools.partial(jax.jit, donate_argnums=0)
-  def epoch(state, x, labels, idx):
+  def epoch(state, x, labels, idx, extra=None):
     def step(state, i):
       def loss(params):
-        logits = classifier.apply({"params": params}, x[i])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels[i]).mean()
+        logits_of = lambda xb: classifier.apply({"params": params}, xb)
+        value = optax.softmax_cross_entropy_with_integer_labels(logits_of(x[i]), labels[i]).mean()
+        if penalty is None:
+          return value
+        return value + penalty(logits_of, x[i], jax.tree_util.tree_map(lambda e: e[i], extra))
       value, grads = jax.value_and_grad(loss)(state.params)
       return state.apply_gradients(grads=grads), value
     return jax.lax.scan(step, state, idx)
@@ -186,7 +197,8 @@ def load_snapshot(path: str, state: train_state.TrainState, settings: dict):
 def finetune(key: jax.Array, classifier: Classifier, params, tx: optax.GradientTransformation,
              train: data.Split, valid: data.Split, test: data.Split, *, epochs: int, batch_size: int,
              progress: Callable[[dict], None] | None = None, stopping: EarlyStopping | None = None,
-             snapshot: str = "") -> dict:
+             snapshot: str = "", penalty: Penalty | None = None, extra=None, penalty_settings: dict | None = None
+             ) -> dict:
   """Trains `params` on `train` for `epochs` (fewer when `stopping` says so), keeping the epoch of lowest
   validation error (the model is chosen on `valid` alone; its test error is read, never used to choose).
 
@@ -201,6 +213,8 @@ def finetune(key: jax.Array, classifier: Classifier, params, tx: optax.GradientT
     stopping: early stopping on validation; None runs every epoch.
     snapshot: a file the state is saved to after every epoch and resumed from when it exists (the resumed
       run replays the uninterrupted one); the caller removes it once the result is stored.
+    penalty, extra: an extra loss term and its per-training-example rows (see `make_epoch`).
+    penalty_settings: the penalty's settings, stored with the snapshot (one saved with others is refused).
 
   Returns:
     {"history": [{"epoch", "train_loss", "valid_error", "valid_loss", "test_error"}] (losses: mean softmax
@@ -213,8 +227,9 @@ def finetune(key: jax.Array, classifier: Classifier, params, tx: optax.GradientT
   # The epochs donate their state; a copy leaves the caller's `params` intact.
   state = train_state.TrainState.create(apply_fn=classifier.apply, params=jax.tree_util.tree_map(jnp.copy, params),
                                         tx=tx)
-  run_epoch, logits = make_epoch(classifier), make_logits(classifier)
-  settings = {"epochs": epochs, "batch_size": batch_size, "stopping": stopping and dataclasses.asdict(stopping)}
+  run_epoch, logits = make_epoch(classifier, penalty), make_logits(classifier)
+  settings = {"epochs": epochs, "batch_size": batch_size, "stopping": stopping and dataclasses.asdict(stopping),
+              **(penalty_settings or {})}
   history, best_params = [], params
   if snapshot and os.path.exists(snapshot):
     state, best_params, history = load_snapshot(snapshot, state, settings)
@@ -222,7 +237,7 @@ def finetune(key: jax.Array, classifier: Classifier, params, tx: optax.GradientT
   while len(history) < epochs and not stopped():
     epoch = len(history)
     state, losses = run_epoch(state, train.x, train.labels,
-                              data.epoch_indices(key, epoch, train.x.shape[0], batch_size))
+                              data.epoch_indices(key, epoch, train.x.shape[0], batch_size), extra)
     record = {"epoch": epoch + 1, "train_loss": float(jnp.mean(losses))}
     if not np.isfinite(record["train_loss"]):
       raise FloatingPointError(f"Fine-tuning loss became {record['train_loss']} in epoch {epoch + 1}; "
