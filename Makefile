@@ -20,6 +20,11 @@ comma := ,
 PIP_EXTRAS := test$(if $(EXTRAS),$(comma)$(EXTRAS))
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(PIP_EXTRAS))
 
+# Tests in parallel (pytest-xdist): one worker per core; `make test JOBS=0` runs them in this one process.
+# loadgroup keeps each xdist_group (test_sweep.py's module fixture, the TFDS copies, the tests that open ports) on one worker.
+JOBS ?= auto
+XDIST := -n $(JOBS) --dist loadgroup
+
 .PHONY: install test test-devices run clean
 
 install: $(STAMP)
@@ -32,12 +37,12 @@ $(STAMP): setup.cfg pyproject.toml requirements.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(XDIST) --durations=15
 
 # The data-parallel tests again with 8 devices visible (fake CPU devices here; real ones on a GPU/TPU host).
 # test_eight_devices_* is left out: its subprocess sets 8 devices itself, so `make test` already ran it so.
 test-devices: install
-	XLA_FLAGS="$(XLA_FLAGS) --xla_force_host_platform_device_count=8" $(PY) -m pytest -q \
+	XLA_FLAGS="$(XLA_FLAGS) --xla_force_host_platform_device_count=8" $(PY) -m pytest -q $(XDIST) \
 	    tests/test_parallel.py tests/test_run.py \
 	    --deselect tests/test_parallel.py::test_eight_devices_match_one_device_and_refuse_uneven_batches
 

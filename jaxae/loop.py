@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxae import checkpoint, data, parallel, settings, train
+from jaxae import checkpoint, data, memory, parallel, settings, train
 from jaxae import workdir as workdir_lib
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
@@ -79,6 +79,9 @@ def fit(components: Components, workdir: str) -> train.TrainState:
     note = components.penalty_mode()
     if note and parallel.is_main_process():
       print(note)
+    components, fitted = memory.fit_penalty(components, mesh)  # GPUs, TPUs: examples_per_pass 0 -> what fits
+    if fitted and parallel.is_main_process():
+      print(fitted)
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=s.keep_checkpoints)
     try:  # one way out for every path: pending saves written, the manager closed
       state = _resume_and_train(components, workdir, manager, mesh)

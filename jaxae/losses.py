@@ -172,10 +172,27 @@ def choose_mode(fn, example: jax.Array, *, differentiated: bool = True, split: b
 
 
 def _per_example(fn, *xs, examples_per_pass: int = 0):
-  """fn over the leading axis: all at once (vmap), or `examples_per_pass` at a time to bound memory."""
-  if examples_per_pass and examples_per_pass < xs[0].shape[0]:
-    return jax.lax.map(lambda a: fn(*a), xs, batch_size=examples_per_pass)
-  return jax.vmap(fn)(*xs)
+  """fn over the leading axis: all at once (vmap), or `examples_per_pass` at a time to bound memory.
+
+  The n = `examples_per_pass` examples of one pass are spread over the batch, not taken side by side: [B]
+  is laid out row-major as [n, B/n] and the scan runs over the second axis, so pass s takes examples
+  s, s + B/n, s + 2 B/n, ... When the batch is split over a mesh's devices (jaxae.parallel) and the device
+  count divides n, every device keeps its own examples and computes n / count of them per pass, with no
+  gather of the batch; without a mesh it is the same computation. A batch that n does not divide is padded
+  with copies of its first examples, whose values are dropped. Each pass is rematerialised (jax.checkpoint):
+  differentiated, the scan keeps only its inputs and recomputes a pass's Jacobians in the backward pass, so that
+  memory follows n and not the batch (without it, the scan kept every pass's residuals: 705 of the whole batch's
+  984 MiB for S6 under jacfwd at batch 128, where it is now 128; experiments/bench_memory.py).
+  """
+  b, n = xs[0].shape[0], examples_per_pass
+  if not n or n >= b:
+    return jax.vmap(fn)(*xs)
+  steps = -(-b // n)
+  pad = n * steps - b
+  padded = [jnp.concatenate([a, a[:pad]]) if pad else a for a in xs]
+  by_step = [jnp.swapaxes(a.reshape(n, steps, *a.shape[1:]), 0, 1) for a in padded]  # [B/n, n, ...]
+  out = jax.lax.map(jax.checkpoint(lambda a: jax.vmap(fn)(*a)), by_step)
+  return jax.tree_util.tree_map(lambda o: jnp.swapaxes(o, 0, 1).reshape(n * steps, *o.shape[2:])[:b], out)
 
 
 def jacobian(encode, x: jax.Array, *, mode: str = "auto", examples_per_pass: int = 0) -> jax.Array:
@@ -203,7 +220,8 @@ def jacobian_sq_norm(encode, x: jax.Array, *, mode: str = "jacfwd", examples_per
     mode: "jacfwd" (forward mode, cost ~ D Jacobian-vector products), "jacrev" (reverse mode, ~ K
       vector-Jacobian products) or "auto" (the cheaper of the two in a training loss, `choose_mode`).
     examples_per_pass: 0 takes the whole batch at once (fastest); n > 0 takes n examples at a time,
-      for encoders whose Jacobians (D tangents of every activation) would not fit in memory at once.
+      for encoders whose Jacobians (D tangents of every activation) would not fit in memory at once. On a
+      mesh, a multiple of the device count keeps the batch split (n / count per device per pass, `_per_example`).
 
   Returns:
     [B] ||dh/dx||_F^2 = sum_jk (dh_j / dx_k)^2.
@@ -300,24 +318,52 @@ def factored_jacobian_sq_norm(first, rest, x: jax.Array, *, kernel: jax.Array | 
   """
   z = jax.vmap(first)(x) if z is None else z
   if kernel is not None and is_elementwise(rest, z[0]):
-    d = jax.vmap(lambda zi: jax.jvp(rest, (zi,), (jnp.ones_like(zi),))[1])(z)
-    norms = jnp.sum(d.reshape(len(x), -1) ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)
-    return jnp.mean(norms) if batch_mean else norms
+    return _sq_norm_through_first(_inner_diagonals(rest, z), kernel, mean=batch_mean)
+  return _sq_norm_through_first(_inner_jacobians(rest, z, inner_mode), kernel, first, x[0], mean=batch_mean)
+
+
+def _inner_diagonals(rest, z: jax.Array) -> jax.Array:
+  """[N, *Z] -> [N, H1]: the diagonal of M = d rest / d z1 at each z, for an element-wise `rest` (one JVP)."""
+  return jax.vmap(lambda zi: jax.jvp(rest, (zi,), (jnp.ones_like(zi),))[1].reshape(-1))(z)
+
+
+def _inner_jacobians(rest, z: jax.Array, inner_mode: str) -> jax.Array:
+  """[N, *Z] -> [N, K, H1]: M = d rest / d z1 at each z, by `inner_mode` (see factored_jacobian_sq_norm)."""
   mode = jacobian_mode(rest, z[0], inner_mode, differentiated=False)
   jac = jax.jacfwd(rest) if mode == "jacfwd" else jax.jacrev(rest)
-  m = jax.vmap(lambda zi: jac(zi).reshape(-1, zi.size))(z)  # [B, K, H1]
-  if kernel is None:  # J = M A, each row of M through the first layer's transpose
-    _, vjp = jax.vjp(first, x[0])
-    j = jax.vmap(jax.vmap(lambda row: vjp(row.reshape(z.shape[1:]))[0]))(m)
-    norms = jnp.sum(j.reshape(len(x), -1) ** 2, axis=-1)
+  return jax.vmap(lambda zi: jac(zi).reshape(-1, zi.size))(z)
+
+
+def _sq_norm_through_first(m: jax.Array, kernel: jax.Array | None, first=None, example: jax.Array | None = None,
+                           *, mean: bool = False) -> jax.Array:
+  """||M_n A||_F^2 for each of N matrices M_n, A = d first / dx (W1^T for a dense first layer).
+
+  Args:
+    m: [N, H1], the diagonals of diagonal M_n (needs `kernel`: sum_j m_j^2 ||W1[:, j]||^2), or
+      [N, K, H1], the M_n themselves.
+    kernel: W1 [D, H1], or None: each row of M_n then goes through first's transpose (reverse mode).
+    first, example: the first layer and one input [*S], needed when kernel is None.
+    mean: return the mean over N only (undercomplete W1: tr(S G), S = sum_n M_n^T M_n, one H1 x H1 product).
+
+  Returns:
+    [N] (a scalar with mean). Undercomplete W1 (H1 <= D): the quadratic form sum_k m_k^T G m_k, G = W1^T W1;
+    overcomplete: ||M_n W1^T||_F^2 itself (see the note above factored_jacobian_sq_norm).
+  """
+  if m.ndim == 2:
+    norms = jnp.sum(m ** 2 * jnp.sum(kernel ** 2, axis=0), axis=-1)
+  elif kernel is None:
+    _, vjp = jax.vjp(first, example)
+    z_shape = jax.eval_shape(first, example).shape
+    j = jax.vmap(jax.vmap(lambda row: vjp(row.reshape(z_shape))[0]))(m)
+    norms = jnp.sum(j.reshape(len(m), -1) ** 2, axis=-1)
   elif kernel.shape[1] > kernel.shape[0]:  # overcomplete first layer: J = M W1^T itself
     norms = jnp.sum((m @ kernel.T) ** 2, axis=(1, 2))
-  elif batch_mean:  # undercomplete, the batch mean: tr(S G), S = sum_b M_b^T M_b
+  elif mean:  # undercomplete, the mean: tr(S G)
     flat = m.reshape(-1, m.shape[-1])
-    return jnp.sum((flat.T @ flat) * (kernel.T @ kernel)) / len(x)
-  else:  # undercomplete: the quadratic form with G = W1^T W1
-    norms = jnp.einsum("bkh,bkh->b", m @ (kernel.T @ kernel), m)
-  return jnp.mean(norms) if batch_mean else norms
+    return jnp.sum((flat.T @ flat) * (kernel.T @ kernel)) / len(m)
+  else:
+    norms = jnp.einsum("nkh,nkh->n", m @ (kernel.T @ kernel), m)
+  return jnp.mean(norms) if mean else norms
 
 
 def projected_jacobian_sq_norm(key: jax.Array, encode, x: jax.Array, *, num_projections: int) -> jax.Array:
@@ -367,3 +413,49 @@ def jacobian_difference_sq_norm(key: jax.Array, encode, x: jax.Array, *, sigma: 
     j0 = jac(xi)
     return jnp.mean(jax.vmap(lambda e: jnp.sum((j0 - jac(xi + e)) ** 2))(ei))
   return jax.vmap(one)(x, eps)
+
+
+def factored_jacobian_difference_sq_norm(key: jax.Array, first, rest, x: jax.Array, *, sigma: float,
+                                         num_copies: int, kernel: jax.Array | None = None,
+                                         inner_mode: str = "auto", batch_mean: bool = False,
+                                         z: jax.Array | None = None) -> jax.Array:
+  """CAE+H's higher-order term through the encoder's first affine layer, no Jacobian of that layer formed.
+
+  With z1 = first(x) = x W1 + b1 and M = d rest / d z1, J(x) - J(x + eps) = (M(z1) - M(z1 + eps W1)) W1^T:
+  first() runs once per example (the copies are z1 + eps W1), each copy costs one M (min(K, H1) passes
+  through `rest`; a single JVP when `rest` is element-wise, M then diagonal) and one ||. W1^T||_F^2 as in
+  `factored_jacobian_sq_norm`: about one factored CAE penalty per copy, where `jacobian_difference_sq_norm`
+  forms num_copies + 1 Jacobians of the whole encoder (D passes each).
+
+  Args:
+    key: PRNG key for the corruption; eps is drawn as in `jacobian_difference_sq_norm`, so both give the
+      same value for the same key.
+    first, rest, x, kernel, inner_mode: as in `factored_jacobian_sq_norm` (kernel None: a convolutional first
+      layer, applied again to each corrupted copy).
+    sigma: standard deviation of the Gaussian corruption.
+    num_copies: corrupted copies per example the expectation is averaged over.
+    batch_mean: return the mean over the batch only (in a loss: the undercomplete route's tr(S G) form).
+    z: [B, *Z] first(x) when the caller has it already.
+
+  Returns:
+    [B] mean over copies of ||J(x) - J(x + eps)||_F^2, equal to `jacobian_difference_sq_norm` up to rounding
+    (a scalar, their mean, with batch_mean).
+
+  References:
+    Rifai et al., Higher order contractive auto-encoder, ECML PKDD 2011, eq. (5).
+  """
+  b, c = x.shape[0], num_copies
+  eps = sigma * jax.random.normal(key, (b, c) + x.shape[1:], x.dtype)
+  z = jax.vmap(first)(x) if z is None else z
+  if kernel is not None:
+    z_copies = (z[:, None] + (eps.reshape(b, c, -1) @ kernel).reshape(b, c, *z.shape[1:])).reshape(-1, *z.shape[1:])
+  else:
+    z_copies = jax.vmap(first)((x[:, None] + eps).reshape(-1, *x.shape[1:]))
+  if kernel is not None and is_elementwise(rest, z[0]):
+    m, m_copies = _inner_diagonals(rest, z), _inner_diagonals(rest, z_copies)
+  else:
+    m, m_copies = _inner_jacobians(rest, z, inner_mode), _inner_jacobians(rest, z_copies, inner_mode)
+  diff = (m[:, None] - m_copies.reshape(b, c, *m.shape[1:])).reshape(b * c, *m.shape[1:])
+  if batch_mean:
+    return _sq_norm_through_first(diff, kernel, first, x[0], mean=True)
+  return jnp.mean(_sq_norm_through_first(diff, kernel, first, x[0]).reshape(b, c), axis=1)

@@ -188,11 +188,37 @@ def contractive(inp: LossInputs, *, mode: str = "auto", num_projections: int = 1
   return jnp.mean(losses.jacobian_sq_norm(inp.encode, inp.x_in, mode=mode, examples_per_pass=examples_per_pass))
 
 
+CONTRACTIVE_H_MODES = losses.JACOBIAN_MODES + ("factored",)
+
+
+def contractive_h_mode(inp: LossInputs, mode: str) -> tuple[str, str]:
+  """(mode, why) for the CAE+H term: as `contractive_mode` ("auto" takes "factored" where the model splits its
+  encoder after a dense first layer, else jacfwd or jacrev by `losses.choose_mode`), over CONTRACTIVE_H_MODES."""
+  if mode not in CONTRACTIVE_H_MODES:
+    raise UserError(f"Unknown contractive_h mode {mode!r}; known: {', '.join(CONTRACTIVE_H_MODES)}.")
+  return contractive_mode(inp, mode)
+
+
 @register("contractive_h")
-def contractive_h(inp: LossInputs, *, sigma: float = 0.1, num_copies: int = 4, mode: str = "jacfwd") -> jax.Array:
-  """CAE+H's higher-order term: batch mean of E ||J(x) - J(x + eps)||_F^2, eps ~ N(0, sigma^2 I)."""
-  return jnp.mean(losses.jacobian_difference_sq_norm(_needs_key(inp, "contractive_h"), inp.encode, inp.x_in,
-                                                     sigma=sigma, num_copies=num_copies, mode=mode))
+def contractive_h(inp: LossInputs, *, sigma: float = 0.1, num_copies: int = 4, mode: str = "auto") -> jax.Array:
+  """CAE+H's higher-order term: batch mean of E ||J(x) - J(x + eps)||_F^2, eps ~ N(0, sigma^2 I).
+
+  mode: "auto" (the default, `contractive_h_mode`), "factored" (through the model's first affine layer, about one
+  CAE penalty per copy; `losses.factored_jacobian_difference_sq_norm`), "jacfwd" or "jacrev" (num_copies + 1
+  whole Jacobians per example; `losses.jacobian_difference_sq_norm`). All draw the same eps for the same key.
+  """
+  key = _needs_key(inp, "contractive_h")
+  mode = contractive_h_mode(inp, mode)[0]
+  if mode == "factored":
+    split = encoder_split(inp.model, inp.params)
+    if split is None:
+      raise UserError("contractive_h mode 'factored' needs a model that splits its encoder after the first layer "
+                      "(the method split_encoder()); this one does not: use mode 'auto' (exact for any encoder).")
+    return jnp.mean(losses.factored_jacobian_difference_sq_norm(key, split.first, split.rest, inp.x_in, sigma=sigma,
+                                                                num_copies=num_copies, kernel=split.kernel,
+                                                                batch_mean=True))
+  return jnp.mean(losses.jacobian_difference_sq_norm(key, inp.encode, inp.x_in, sigma=sigma, num_copies=num_copies,
+                                                     mode=mode))
 
 
 def weighted_sum(terms: Mapping[str, tuple[float, Term]]

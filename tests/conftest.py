@@ -1,15 +1,32 @@
 """Shared fixtures: fresh PRNG keys, tiny MNIST-shaped IDX files, a tiny experiment config."""
 
+import atexit
 import gzip
 import itertools
 import os
+import shutil
 import struct
 import sys
 import tempfile
 
-import jax
-import numpy as np
-import pytest
+# One JAX compilation cache for the session, shared by the test process, its pytest-xdist workers and the commands
+# they start (`python -m experiments.main`, each compiling the same small programs): set before jax is imported,
+# inherited by every subprocess, removed at the end by the process that made it. JAX_COMPILATION_CACHE_DIR set
+# beforehand is kept; JAX_COMPILATION_CACHE_DIR= (empty) turns the cache off.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxae-test-jax-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every program, however quick
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # and however small
+# JAX writes an entry in place: a process that reads it while another writes it gets a truncated copy, warns and
+# compiles the program itself. Benign, but the tests read the commands' stderr: that one warning is dropped.
+_PARTIAL_READ = "ignore:Error reading persistent compilation cache entry"
+if _PARTIAL_READ not in os.environ.get("PYTHONWARNINGS", ""):
+  os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _PARTIAL_READ]))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -18,6 +35,21 @@ if ROOT not in sys.path:
 _seeds = itertools.count(1234)
 # Decoded datasets are cached between runs; the tests keep theirs out of the user's home (subprocesses inherit it).
 os.environ.setdefault("JAXAE_CACHE_DIR", tempfile.mkdtemp(prefix="jaxae-test-cache-"))
+
+# Under pytest-xdist (`make test`: -n auto --dist loadgroup), the files whose tests start training commands go out
+# first, so that the last tests handed out are short ones and no worker waits long on the other at the end.
+SLOW_FIRST = ("test_multihost.py", "test_main.py", "test_robustness.py", "test_compare.py", "test_rifai.py",
+              "test_parallel.py", "test_bench.py", "test_run.py", "test_sweep.py", "test_contractive.py")
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """Tests on the session's TFDS copies run on one worker (each worker would prepare its own); slow files first."""
+  for item in items:
+    if {"tfds_dir", "image_tfds_dir"} & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.xdist_group("tfds"))
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order kept
 
 
 @pytest.fixture

@@ -226,6 +226,7 @@ def test_download_addresses_are_the_servers_or_the_proxy(monkeypatch):
   assert tfds_source.download_addresses(builder) == [("proxy.example", 3128), ("b.example", 8443)]
 
 
+@pytest.mark.xdist_group("ports")  # beside no coordinator of test_multihost.py (a port freed here could be its)
 def test_reachable_answers_within_its_timeout(monkeypatch):
   import socket  # pylint: disable=g-import-not-at-top
   import threading  # pylint: disable=g-import-not-at-top

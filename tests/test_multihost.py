@@ -10,11 +10,16 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from jaxae import metrics
 from jaxae.run import TrainedRun
 from tests.conftest import ROOT
 from tests.test_main import CONFIG, idx_flags
+
+# Under pytest-xdist, one worker runs the tests that open ports ("ports": these, and test_data's reachable test) one
+# after another: a coordinator port is free when _free_port picks it and bound seconds later by the subprocess.
+pytestmark = pytest.mark.xdist_group("ports")
 
 
 def _free_port() -> int:
