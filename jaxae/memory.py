@@ -11,14 +11,13 @@ device per pass does not fit, a UserError names the config fields to change. On 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from jaxae import objective, parallel, train
+from jaxae import parallel, train
 from jaxae.errors import UserError
 
 GIB = 2.0 ** 30
@@ -114,25 +113,21 @@ def fit_penalty(components, mesh: jax.sharding.Mesh, *, limit: int | None = None
   chosen; unchanged and "" on a platform that reports no memory (`limit` None: `bytes_limit()`), for a loss
   without the term, when the config sets examples_per_pass itself, or when the whole batch fits."""
   limit = bytes_limit() if limit is None else limit
-  config, s = components.config, components.settings
-  options = config.loss_options.to_dict()
-  if limit is None or "contractive" not in config.loss or options.get("contractive", {}).get("examples_per_pass"):
+  s = components.settings
+  if limit is None or components.penalty_passes() != 0:  # no limit known, no term, or the config set it
     return components, ""
   d = components.data.train.x
   state = abstract_state(components.model, components.tx, d[0], mesh)
   data_x = jax.ShapeDtypeStruct(d.shape, d.dtype)
 
-  def loss_at(n: int) -> Callable:
-    return objective.from_weights(dict(config.loss), {**options, "contractive": {
-        **options.get("contractive", {}), "examples_per_pass": n}})
-
   @functools.cache
   def bytes_at(n: int) -> int:
-    step = train.make_train_step(components.model, loss_at(n), components.corrupt, compute_dtype=s.compute_dtype)
+    step = train.make_train_step(components.model, components.with_penalty_passes(n).loss_fn, components.corrupt,
+                                 compute_dtype=s.compute_dtype)
     return memory_of(compile_chunk(step, state, data_x, s.batch_size, mesh, unroll=s.scan_unroll))["total"]
   n = choose_examples_per_pass(bytes_at, limit=limit, batch_size=s.batch_size, num_devices=mesh.devices.size)
   if not n:
     return components, ""
-  return dataclasses.replace(components, loss_fn=loss_at(n)), (
+  return components.with_penalty_passes(n), (
       f"contractive penalty: examples_per_pass={n} chosen to fit a device's {limit / GIB:.2f} GiB (the whole batch "
       f"needs {bytes_at(0) / GIB:.2f} GiB, {n} per pass {bytes_at(n) / GIB:.2f} GiB per device).")

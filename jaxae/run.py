@@ -151,6 +151,22 @@ class Components:
   def _abstract_inputs(self, params, out, x) -> objective.LossInputs:
     return objective.LossInputs(x, x, out, params, bind_encode(self.model, params), jax.random.PRNGKey(0), self.model)
 
+  def penalty_passes(self) -> int | None:
+    """The contractive term's examples_per_pass as the config sets it (0: the whole batch at once), or None for
+    a loss without the term."""
+    if "contractive" not in self.config.loss:
+      return None
+    return int(self.config.loss_options.to_dict().get("contractive", {}).get("examples_per_pass", 0))
+
+  def with_penalty_passes(self, n: int) -> Components:
+    """These components with the contractive term computed `n` examples per pass (loss and config alike)."""
+    options = self.config.loss_options.to_dict()
+    options["contractive"] = {**options.get("contractive", {}), "examples_per_pass": int(n)}
+    config = self.config.copy_and_resolve_references()
+    with config.unlocked():
+      config.loss_options = options
+    return dataclasses.replace(self, config=config, loss_fn=objective.from_weights(dict(config.loss), options))
+
   def penalty_mode(self) -> str:
     """"contractive: mode M (why)" for a loss with the contractive term, else "": what a run says first."""
     if "contractive" not in self.config.loss:

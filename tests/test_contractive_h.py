@@ -97,7 +97,8 @@ def test_factored_parameter_gradient_equals_exact(x64, key, name):
   grad = jax.jit(jax.grad(term), static_argnums=1)
   factored, exact = grad(inp.params, "factored"), grad(inp.params, "jacfwd")
   chex.assert_trees_all_close(factored, exact, rtol=1e-10, atol=1e-13)
-  assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(exact)) > 1e-4
+  # Far above atol, so the match is not two near-zero trees (a fresh draw gave 9.8e-5 on the overcomplete net).
+  assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(exact)) > 1e-7
 
 
 def test_auto_takes_factored_and_equals_exact(x64, key):
