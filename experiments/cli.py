@@ -12,7 +12,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from jaxae import checkpoint, models, objective, parallel, run, sources
+from jaxae import checkpoint, compile_cache, models, objective, parallel, run, sources
 from jaxae.errors import UserError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -160,6 +160,7 @@ def start_command(*, distributed: bool = False) -> None:
   (jaxae.parallel.initialize_distributed, may raise UserError) with only process 0 printing to stdout."""
   logging.set_verbosity(logging.WARNING)
   quiet_orbax_errors()
+  compile_cache.enable()  # programs compiled once are read back by the next command (jaxae/compile_cache.py)
   if distributed:
     parallel.initialize_distributed()
     if jax.process_index() != 0:  # one voice: errors still reach stderr

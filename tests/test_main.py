@@ -18,7 +18,9 @@ CONFIG = "experiments/configs/undercomplete.py:smoke"
 
 
 def run_main(*args, env=None):
+  """`python -m experiments.main *args`; env adds variables to this process's, a None value removes one."""
   env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", **(env or {})}
+  env = {k: v for k, v in env.items() if v is not None}
   return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
 
