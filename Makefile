@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(PIP_EXTRAS))
 JOBS ?= auto
 XDIST := -n $(JOBS) --dist loadgroup
 
-.PHONY: install test test-devices run clean
+.PHONY: install test test-devices run check-accelerator clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ test-devices: install
 	XLA_FLAGS="$(XLA_FLAGS) --xla_force_host_platform_device_count=8" $(PY) -m pytest -q $(XDIST) \
 	    tests/test_parallel.py tests/test_run.py \
 	    --deselect tests/test_parallel.py::test_eight_devices_match_one_device_and_refuse_uneven_batches
+
+# Exactness and throughput on whatever accelerator this machine has (docs/devices.md), EXTRAS=cuda12 or tpu to install it.
+check-accelerator: install
+	$(PY) -m experiments.check_accelerator
 
 run: install
 	$(PY) -m experiments.main --config $(CONFIG) --workdir $(WORKDIR)

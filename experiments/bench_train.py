@@ -31,20 +31,26 @@ from experiments import configs
 from jaxae import data, loop, parallel, train
 from jaxae.run import Components
 
-flags.DEFINE_list("configs", ["undercomplete.py", "sparse.py:l1", "vae.py:bernoulli", "keras.py:dense",
-                              "keras.py:deep", "keras.py:denoise", "keras.py:conv", "cae_theano.py",
-                              "stacked_tied.py", "cae_deep.py"], "CONFIG[:VARIANT] files of experiments/configs.")
-flags.DEFINE_integer("steps", 50, "Steps per timed chunk (configs that unroll their scan take their own chunk_steps).")
-flags.DEFINE_integer("repeats", 5, "Timed chunks per config (the median is reported).")
-flags.DEFINE_integer("num_devices", 0, "Devices of the data-parallel mesh (0 = all).")
-flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul that measures the peak.")
-flags.DEFINE_list("image_shape", [], "H,W,C of the random images (default: the shape of the config's dataset, "
-                  "read from its metadata).")
-flags.DEFINE_bool("profile", False, "Also trace one chunk per config with jax.profiler and print where its time goes.")
-flags.DEFINE_bool("overhead", False, "Also time S5's full epoch as a user runs it (train_and_evaluate: evaluation, "
-                  "metrics, progress bar, checkpoint) against the same step as a bare lax.scan, float32 and float64.")
-flags.DEFINE_string("json", "", "Also write one JSON record per line: each config's row, and the overhead records.")
 FLAGS = flags.FLAGS
+
+CONFIGS = ["undercomplete.py", "sparse.py:l1", "vae.py:bernoulli", "keras.py:dense", "keras.py:deep",
+           "keras.py:denoise", "keras.py:conv", "cae_theano.py", "stacked_tied.py", "cae_deep.py"]
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (experiments.check_accelerator imports this module)."""
+  flags.DEFINE_list("configs", CONFIGS, "CONFIG[:VARIANT] files of experiments/configs.")
+  flags.DEFINE_integer("steps", 50, "Steps per timed chunk (configs that unroll their scan take their own chunk_steps).")
+  flags.DEFINE_integer("repeats", 5, "Timed chunks per config (the median is reported).")
+  flags.DEFINE_integer("num_devices", 0, "Devices of the data-parallel mesh (0 = all).")
+  flags.DEFINE_integer("matmul_n", 2048, "Size of the square matmul that measures the peak.")
+  flags.DEFINE_list("image_shape", [], "H,W,C of the random images (default: the shape of the config's dataset, "
+                    "read from its metadata).")
+  flags.DEFINE_bool("profile", False, "Also trace one chunk per config with jax.profiler and print where its time goes.")
+  flags.DEFINE_bool("overhead", False, "Also time S5's full epoch as a user runs it (train_and_evaluate: evaluation, "
+                    "metrics, progress bar, checkpoint) against the same step as a bare lax.scan, float32 and float64.")
+  flags.DEFINE_string("json", "", "Also write one JSON record per line: each config's row, and the overhead records.")
+
 
 
 def seconds(fn) -> float:
@@ -102,8 +108,10 @@ def op_kind(name: str) -> str:
   return "copy/transpose" if name.startswith(("copy", "transpose")) else "element-wise/other"
 
 
-def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile: bool = False) -> dict:
-  """Times one config's scanned train chunk; returns the row's numbers."""
+def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile: bool = False,
+                 image_shape: tuple[int, ...] | None = None) -> dict:
+  """Times one config's scanned train chunk on random images (`image_shape`, default the config's dataset's);
+  returns the row's numbers."""
   config = configs.load(spec)
   mesh = parallel.make_mesh(parallel.devices_for_batch(config.batch_size, num_devices))
   config.dtype = "float32"  # float64 configs (cae_theano) are timed in float32 too
@@ -112,7 +120,7 @@ def bench_config(spec: str, num_devices: int, steps: int, repeats: int, profile:
   steps = config.chunk_steps if config.scan_unroll > 1 else steps
   key = jax.random.PRNGKey(0)
   batch = config.batch_size
-  shape = tuple(map(int, FLAGS.image_shape)) if FLAGS.image_shape else data.example_shape(**config.data.to_dict())
+  shape = image_shape or data.example_shape(**config.data.to_dict())
   components = Components.from_config(config, dataset=data.synthetic(key, shape, n_train=steps * batch))
   model, x = components.model, components.data.train.x
   state = train.create_state(key, model, components.tx, x[0])
@@ -194,6 +202,15 @@ def s5_overhead(dtype: str, repeats: int) -> dict:
           "overhead": round(epoch_s / bare_s, 3)}
 
 
+def table(results: list[dict], peak: float) -> str:
+  """The Markdown table of `bench_config` rows, each against the matmul peak (FLOP/s)."""
+  lines = ["| config | batch | compile s | steps/s | examples/s | GFLOP/step (XLA) | GFLOP/s | of matmul peak |",
+           "|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['config']} | {r['batch']} | {r['compile_s']:.2f} | {r['steps_s']:.1f} | {r['examples_s']:.0f} | "
+            f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {100 * r['gflops'] * 1e9 / peak:.0f}% |" for r in results]
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -202,7 +219,8 @@ def main(argv):
   peak_before = matmul_peak(FLAGS.matmul_n, 2 * FLAGS.repeats)
   results, rows, profiles = [], [], []
   for spec in FLAGS.configs:
-    r = bench_config(spec, FLAGS.num_devices, FLAGS.steps, FLAGS.repeats, FLAGS.profile)
+    r = bench_config(spec, FLAGS.num_devices, FLAGS.steps, FLAGS.repeats, FLAGS.profile,
+                     tuple(map(int, FLAGS.image_shape)) or None)
     logging.warning("%s: %.1f steps/s", spec, r["steps_s"])
     results.append(r)
     profiles.append((spec, r["ops"]))
@@ -213,11 +231,7 @@ def main(argv):
   print(f"device: {mesh.devices.size} x {device.device_kind} ({device.platform}), jax {jax.__version__}; "
         f"float32 matmul {FLAGS.matmul_n}^3 peak {peak / 1e9:.1f} GFLOP/s (before the configs "
         f"{peak_before / 1e9:.1f}, after {peak_after / 1e9:.1f})\n")
-  print("| config | batch | compile s | steps/s | examples/s | GFLOP/step (XLA) | GFLOP/s | of matmul peak |")
-  print("|---|---|---|---|---|---|---|---|")
-  for r in results:
-    print(f"| {r['config']} | {r['batch']} | {r['compile_s']:.2f} | {r['steps_s']:.1f} | {r['examples_s']:.0f} | "
-          f"{r['gflop_step']:.3f} | {r['gflops']:.1f} | {100 * r['gflops'] * 1e9 / peak:.0f}% |")
+  print(table(results, peak))
   if FLAGS.profile:
     print("\nWhere each chunk's time goes (jax.profiler; share of the summed XLA operation time, top 5):\n")
     for spec, (kinds, ops) in profiles:
@@ -241,4 +255,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

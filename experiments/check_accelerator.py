@@ -9,11 +9,16 @@ the host (numpy), and prints one table row per check with the relative error and
   - the same at JAX's "default" precision (bfloat16 passes on TPU, TF32 on recent NVIDIA GPUs): reported, not
     required, so that the cost of the fast setting is seen;
   - one compiled train step (S1's net, the penalty added) on all local devices against one device;
-  - float64: on where the backend has it (the S5 configs), refused in one line on TPUs.
-Exit status 1 when a required check fails. Runs in about a minute on a 2-core CPU (compile included).
+  - float64: on where the backend has it (the S5 configs), refused in one line on TPUs;
+  - S5's published digits (the Theano tutorial's epoch-0 line, 589.571872577 and 20.9938791886, to 5e-12) in
+    float64 from the MNIST IDX files, where float64 works and the files are found (--idx_dir or JAXAE_IDX_DIR);
+then a throughput table (experiments/bench_train.py's: examples/s and the share of a float32 matmul's peak
+measured in the same run) for S1, S3, S4 dense and conv, S5 and the conv CAE (--nothroughput leaves it out).
+Exit status 1 when a required check fails. Runs in a few minutes on a 2-core CPU (compile included).
 """
 
 import json
+import os
 import sys
 
 import jax
@@ -21,8 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import bench_train
 from experiments.cli import start_command
-from jaxae import models, objective, parallel, train
+from jaxae import data, models, objective, parallel, sources, train
+from jaxae.run import Components
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +38,10 @@ def define_flags() -> None:
   """The command's flags, defined when it runs (tests import the module beside other commands' flags)."""
   flags.DEFINE_string("json", "", "Also write the rows to this JSON file.")
   flags.DEFINE_integer("batch", 64, "Examples per check (a multiple of the device count is used for the step).")
+  flags.DEFINE_string("idx_dir", os.environ.get("JAXAE_IDX_DIR", ""), "Folder of the MNIST IDX files, for S5's "
+                      "published digits (default: JAXAE_IDX_DIR; without them the check is skipped and says so).")
+  flags.DEFINE_bool("throughput", True, "Also print the throughput table of THROUGHPUT_CONFIGS.")
+  flags.DEFINE_integer("steps", 20, "Steps per timed chunk of the throughput table.")
 
 EXACT = 1e-5  # float32 holds ~7 digits; sums of 500 x 784 terms keep at least 5 (measured: ~1e-7 on CPU)
 
@@ -100,6 +111,50 @@ def float64_rows() -> list[dict]:
            "ok": ok is True or platform == "tpu"}]
 
 
+S5_EPOCH0_LINE = (589.571872577, 20.9938791886)  # the tutorial's printed cost and mean Jacobian norm at epoch 0
+THROUGHPUT_CONFIGS = ("undercomplete.py", "vae.py:bernoulli", "keras.py:dense", "keras.py:conv", "cae_theano.py",
+                      "cae_conv.py")
+
+
+def s5_epoch0_line(images, labels, mode: str = "closed_form") -> tuple[float, float]:
+  """The two numbers of the Theano CAE tutorial's epoch-0 line, from S5's config on the first 20 training images
+  (the line depends on the initialisation and the first two batches of 10 only); call under float64."""
+  from experiments.configs import cae_theano  # pylint: disable=import-outside-toplevel
+  c = cae_theano.get_config()
+  c.loss_options.contractive.mode = mode
+  x = jnp.asarray(data.scale(images[:20], scaling="unit256"))
+  split = data.Split(x, jnp.asarray(labels[:20]))
+  parts = Components.from_config(c, dataset=data.Dataset({"train": split, "test": split}, (*images.shape[1:], 1)))
+  state = train.create_state(jax.random.PRNGKey(0), parts.model, parts.tx, x[0])
+  step = jax.jit(train.make_train_step(parts.model, parts.loss_fn))
+  state, m0 = step(state, x[:10], jax.random.PRNGKey(0))
+  _, m1 = step(state, x[10:], jax.random.PRNGKey(0))
+  printed_cost = (m0["bce"] + m0["contractive"]) / 2  # numpy.mean(c[0]): batch 0's (recon, penalty)
+  printed_norm = (jnp.sqrt(m1["bce"]) + jnp.sqrt(m1["contractive"])) / 2  # numpy.mean(sqrt(c[1]))
+  return float(printed_cost), float(printed_norm)
+
+
+def s5_digits_rows(idx_dir: str) -> list[dict]:
+  name = "S5 epoch-0 line, float64"
+  if jax.default_backend() == "tpu":
+    return [{"check": name, "value": "skipped (no float64 on TPU)", "bound": "-", "ok": True}]
+  if not idx_dir or not os.path.isdir(idx_dir):
+    return [{"check": name, "value": "skipped: give --idx_dir=FOLDER of the MNIST IDX files", "bound": "-", "ok": True}]
+  images, labels = sources.load_idx(idx_dir, "train")
+  with jax.enable_x64(True):
+    got = s5_epoch0_line(images, labels)
+  return [_row(f"{name}: {label} {want}", value, want, 5e-12)
+          for label, value, want in zip(("cost", "mean norm"), got, S5_EPOCH0_LINE)]
+
+
+def throughput(steps: int) -> str:
+  """bench_train's table for THROUGHPUT_CONFIGS, the matmul peak measured before and after them."""
+  peak = bench_train.matmul_peak(2048, 6)
+  results = [bench_train.bench_config(spec, 0, steps, 3) for spec in THROUGHPUT_CONFIGS]
+  peak = max(peak, bench_train.matmul_peak(2048, 6))
+  return f"float32 matmul 2048^3 peak {peak / 1e9:.1f} GFLOP/s\n\n" + bench_train.table(results, peak)
+
+
 def _row(check: str, got: float, want: float, bound: float | None, *, absolute: bool = False) -> dict:
   err = abs(got) if absolute else abs(got - want) / abs(want)
   return {"check": check, "value": f"{err:.2e}", "bound": "reported" if bound is None else f"< {bound:g}",
@@ -116,10 +171,13 @@ def main(argv):
   if "bytes_limit" in stats:
     print(f"memory per device: {stats['bytes_limit'] / 2**30:.1f} GiB")
   key = jax.random.PRNGKey(0)
-  rows = penalty_rows(key, FLAGS.batch) + step_rows(key, FLAGS.batch) + float64_rows()
+  rows = penalty_rows(key, FLAGS.batch) + step_rows(key, FLAGS.batch) + float64_rows() + s5_digits_rows(FLAGS.idx_dir)
   print("\n| check | relative error | bound | ok |\n|---|---|---|---|")
   for r in rows:
-    print(f"| {r['check']} | {r['value']} | {r['bound']} | {'yes' if r['ok'] else 'NO'} |")
+    print(f"| {r['check']} | {r['value']} | {r['bound']} | {'yes' if r['ok'] else 'NO'} |", flush=True)
+  if FLAGS.throughput:
+    print("\nThroughput (experiments/bench_train.py, random data of each config's shapes, float32, compile apart)\n")
+    print(throughput(FLAGS.steps), flush=True)
   if FLAGS.json:
     with open(FLAGS.json, "w", encoding="utf-8") as f:
       json.dump({"device": str(device.device_kind), "platform": device.platform, "rows": rows}, f, indent=1)

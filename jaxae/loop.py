@@ -110,6 +110,12 @@ class Program:
   def steps_per_epoch(self) -> int:
     return self.train_x.shape[0] // self.components.settings.batch_size
 
+  @property
+  def chunk_steps(self) -> int:
+    """Steps per compiled chunk: config.chunk_steps, lowered to a divisor of the epoch's steps where one is at
+    least half of it (S1: 468 steps in chunks of 78, not 4 x 100 + 68), so that one program runs every chunk."""
+    return train.even_split(self.steps_per_epoch, self.components.settings.chunk_steps)
+
   def epoch_indices(self, epoch: int) -> jax.Array:
     """The batches of `epoch`, [steps_per_epoch, batch_size] example indices."""
     s = self.components.settings
@@ -171,7 +177,7 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
   with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
             desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not run.main) as bar:
     state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
-                             chunk_steps=s.chunk_steps, bar=bar, stop=lambda: _agreed(bool(stop["stop"])))
+                             chunk_steps=p.chunk_steps, bar=bar, stop=lambda: _agreed(bool(stop["stop"])))
   stopped = steps["loss"].shape[0] < idx.shape[0]  # a stop signal mid-epoch
   if before:
     steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}

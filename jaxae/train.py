@@ -87,6 +87,17 @@ def make_train_step(model: nn.Module, loss_fn: Callable, corrupt: Callable | Non
   return step
 
 
+def even_split(total: int, size: int) -> int:
+  """The largest size <= `size` that divides `total` when there is one of at least size / 2, else `size`: chunks
+  of steps (and evaluation batches) of one length, so one program serves a whole epoch; a last, shorter piece
+  would be another program to compile."""
+  size = min(size, total)
+  for d in range(size, (size + 1) // 2 - 1, -1):
+    if d and total % d == 0:
+      return d
+  return size
+
+
 def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None, *, unroll: int = 1) -> Callable:
   """Jitted (state, data_x [N, D], idx [S, B], step_key) -> (state, metrics [S]).
 
@@ -137,13 +148,14 @@ def make_eval(model: nn.Module, loss_fn: Callable, *, batch_size: int, key: jax.
 
   def evaluate(params, x: jax.Array) -> dict[str, float]:
     n = x.shape[0]
-    full = (n // batch_size) * batch_size
+    b = even_split(n, batch_size)  # no tail batch (another program) where a batch size near batch_size divides n
+    full = (n // b) * b
     per_batch, sizes = [], []
     if full:
-      per_batch.append(scan_batches(params, x[:full].reshape(-1, batch_size, x.shape[-1]), 0))
-      sizes.append(np.full(full // batch_size, batch_size))
+      per_batch.append(scan_batches(params, x[:full].reshape(-1, b, x.shape[-1]), 0))
+      sizes.append(np.full(full // b, b))
     if n > full:
-      per_batch.append(scan_batches(params, x[None, full:], full // batch_size))
+      per_batch.append(scan_batches(params, x[None, full:], full // b))
       sizes.append(np.array([n - full]))
     w = np.concatenate(sizes) / n
     return {k: float(np.sum(w * np.concatenate([np.asarray(p[k]) for p in per_batch]))) for k in per_batch[0]}

@@ -268,21 +268,9 @@ def test_tied_decoder_reads_the_encoder_kernel(key):
 @pytest.mark.parametrize("mode", ["closed_form", "jacfwd"])
 def test_s5_epoch0_line_reproduces_the_published_digits(x64, mode):
   """The tutorial's epoch-0 line depends on the initialisation and the first two batches only."""
-  from experiments.configs import cae_theano  # pylint: disable=g-import-not-at-top
-  from jaxae import data, sources  # pylint: disable=g-import-not-at-top
-  c = cae_theano.get_config()
-  c.loss_options.contractive.mode = mode
+  from experiments import check_accelerator  # pylint: disable=g-import-not-at-top
+  from jaxae import sources  # pylint: disable=g-import-not-at-top
   images, labels = sources.load_idx(os.environ["JAXAE_IDX_DIR"], "train")
-  x = jnp.asarray(data.scale(images[:20], scaling="unit256"))
-  first_batches = data.Dataset({"train": data.Split(x, jnp.asarray(labels[:20])), "test": data.Split(x, jnp.asarray(labels[:20]))},
-                               (*images.shape[1:], 1))
-  parts = Components.from_config(c, dataset=first_batches)
-  model, loss_fn = parts.model, parts.loss_fn
-  state = train.create_state(jax.random.PRNGKey(0), model, parts.tx, x[0])
-  step = jax.jit(train.make_train_step(model, loss_fn))
-  state, m0 = step(state, x[:10], jax.random.PRNGKey(0))
-  _, m1 = step(state, x[10:], jax.random.PRNGKey(0))
-  printed_cost = (m0["bce"] + m0["contractive"]) / 2  # numpy.mean(c[0]): batch 0's (recon, penalty)
-  printed_norm = (jnp.sqrt(m1["bce"]) + jnp.sqrt(m1["contractive"])) / 2  # numpy.mean(sqrt(c[1]))
-  np.testing.assert_allclose(float(printed_cost), 589.571872577, rtol=5e-12)
-  np.testing.assert_allclose(float(printed_norm), 20.9938791886, rtol=5e-12)
+  printed_cost, printed_norm = check_accelerator.s5_epoch0_line(images, labels, mode)
+  np.testing.assert_allclose(printed_cost, 589.571872577, rtol=5e-12)
+  np.testing.assert_allclose(printed_norm, 20.9938791886, rtol=5e-12)

@@ -86,7 +86,7 @@ def test_bfloat16_compute_trains_with_float32_parameters(key):
 
 def test_eval_averages_over_uneven_batches(key):
   model, loss_fn, state, data_x, _ = _setup(key, loss={"squared_error": 1.0, "bce": 0.5})
-  x = data_x[:90]  # 90 = 2 batches of 40 + 10
+  x = data_x[:89]  # 89 = 2 batches of 40 + 9 (a prime: no batch size near 40 divides it)
   got = train.make_eval(model, loss_fn, batch_size=40)(state.params, x)
   out = model.apply({"params": state.params}, x)
   r, t = np.asarray(out["recon"], np.float64), np.asarray(x, np.float64)
@@ -105,6 +105,24 @@ def test_eval_of_a_denoiser_feeds_the_corrupted_input_and_scores_the_clean_targe
   got = train.make_eval(model, loss_fn, batch_size=20, corrupt=shift)(state.params, x)
   r = np.asarray(model.apply({"params": state.params}, x + 0.25)["recon"], np.float64)
   np.testing.assert_allclose(got["squared_error"], ((r - np.asarray(x, np.float64)) ** 2).sum(-1).mean(), rtol=1e-5)
+
+
+def test_even_split_keeps_one_length_where_it_can():
+  assert [train.even_split(t, s) for t, s in [(468, 100), (10_000, 1000), (1797, 1000), (8, 3), (5, 100)]] == \
+      [78, 1000, 599, 2, 5]
+  assert train.even_split(467, 100) == 100  # prime: a shorter last chunk, the one extra program
+
+
+def test_one_program_per_epoch_piece_and_none_after_the_first_epoch(make_config, tmp_path, caplog):
+  """8 steps in chunks of at most 3, 128 test images in batches of at most 50: one chunk program (chunks of 2) and
+  one evaluation program (batches of 32), compiled in the first epoch only (JAX's compile log)."""
+  config = make_config(chunk_steps=3, eval_batch_size=50, epochs=2)
+  with jax.log_compiles(), caplog.at_level("WARNING"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+  assert compiled.count("jit(chunk)") == 1 and compiled.count("jit(scan_batches)") == 1, compiled
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    assert len(f.read().splitlines()) == 2
 
 
 def test_sgd_and_weight_decay_as_pytorch(key):
