@@ -9,6 +9,8 @@ experiments.main makes it (e.g. runs/cae_sweep/loss.contractive=0.1/seed=2). Set
 the --grid fields, in the order given; values are parsed by the field's type as --config.FIELD=VALUE would
 be (tuples in parentheses: --grid model.kwargs.encoder_features="(64,3),(128,3)"). Seeds are 0..N-1, or
 --seed_list. A finished run is skipped, an unfinished one resumes from its checkpoints; the data is read once.
+On several hosts, the same command on each (as for experiments.main, docs/devices.md): every run uses every
+host's devices, process 0 writes sweep.json and prints.
 """
 
 import os
@@ -35,8 +37,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  start_command()
   try:
+    start_command(distributed=True)  # several hosts: when JAX_COORDINATOR_ADDRESS is set
     seeds = sweep.parse_seeds(FLAGS.seeds, FLAGS.seed_list)
     grid = sweep.parse_grid(FLAGS.grid, FLAGS.config)
     failed = sweep.run_sweep(FLAGS.config, grid, seeds, FLAGS.root)

@@ -13,11 +13,14 @@ import json
 import os
 import time
 
+import jax
 import ml_collections
+import numpy as np
 from absl import flags
+from jax.experimental import multihost_utils
 from ml_collections.config_flags import config_path, tuple_parser
 
-from jaxae import loop, metrics, run
+from jaxae import loop, metrics, parallel, run
 from jaxae import settings as settings_lib
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
@@ -199,6 +202,10 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
   Every run is checked first (its fields, its workdir, no other config's run in it), so a bad value ends
   the sweep before any training. A run that diverges is reported and the sweep goes on; SIGTERM
   (loop.Preempted) ends it, resumable.
+
+  On several processes (jax.distributed; a shared `root`) every process runs every run together, as one
+  multi-host run each; process 0 alone writes sweep.json and decides which runs are finished, and tells the
+  others, so that all of them train (or skip) the same runs in the same order.
   """
   spec = merged_spec(read_spec(root), grid, seeds, base)
   folder = {_values_key(s["values"]): s["name"] for s in spec["settings"]}  # earlier sweeps' folder names
@@ -206,12 +213,13 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
           for _, overrides in settings(grid) for seed in seeds]
   for name, seed, config in jobs:
     loop.check_run(config, workdir_of(root, name, seed))
-  write_spec(root, spec)
+  if parallel.is_main_process():
+    write_spec(root, spec)
   failed, dataset, dataset_of = 0, None, None
   for i, (name, seed, config) in enumerate(jobs, 1):
     workdir, head = workdir_of(root, name, seed), f"[{i}/{len(jobs)}] {name} seed={seed}"
     record = final_record(workdir, config.epochs)
-    if record is not None:
+    if _main_says(record is not None):
       log(f"{head}: skipped (finished), {summary(record)}")
       continue
     data_json = json.dumps([config.data.to_dict(), config.dtype], sort_keys=True, default=str)
@@ -226,6 +234,13 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
       continue
     log(f"{head}: done in {time.perf_counter() - t0:.0f} s, {summary(metrics.read_metrics(workdir)[-1])}")
   return failed
+
+
+def _main_says(flag: bool) -> bool:
+  """Process 0's `flag` on every process (itself on one process)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
 
 
 def read_runs(root: str) -> tuple[dict, dict[str, dict[int, dict]], list[str]]:

@@ -34,9 +34,9 @@ def _env(devices: int, **extra) -> dict:
           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 
-def _main(args, env, log_prefix):
+def _main(args, env, log_prefix, module="experiments.main"):
   out, err = open(log_prefix + ".out", "w+", encoding="utf-8"), open(log_prefix + ".err", "w+", encoding="utf-8")
-  return subprocess.Popen([sys.executable, "-m", "experiments.main", *args], cwd=ROOT, env=env, stdout=out,
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=env, stdout=out,
                           stderr=err), out, err
 
 
@@ -92,6 +92,34 @@ def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   for m, s in zip(metrics.read_metrics(multi), metrics.read_metrics(single)):
     np.testing.assert_allclose(m["test/loss"], s["test/loss"], rtol=1e-5)
+
+
+def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_dir, tmp_path):
+  """experiments.sweep as 2 processes of 2 devices: process 0 writes sweep.json and prints, both train each
+  (setting, seed) together; the runs end where one 4-device process's sweep ends; a rerun skips them all."""
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=1", "--seeds=2", "--grid=optimizer.learning_rate=0.01,0.02"]
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  port = _free_port()
+  env = lambda i: _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+  procs = [_main([*args, "--root", multi], env(i), str(tmp_path / f"p{i}"), "experiments.sweep") for i in range(2)]
+  ref = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, "--root", single], cwd=ROOT,
+                       env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  for proc, out, err in procs:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  (_, out0, _), (_, out1, _) = procs
+  assert _read(out0).count(": done in ") == 4 and _read(out1) == ""
+  assert sorted(os.listdir(multi)) == sorted(os.listdir(single))
+  for setting in ("optimizer.learning_rate=0.01", "optimizer.learning_rate=0.02"):
+    for seed in (0, 1):
+      m, s = (metrics.read_metrics(os.path.join(root, setting, f"seed={seed}")) for root in (multi, single))
+      assert len(m) == 1 and len(s) == 1
+      np.testing.assert_allclose(m[0]["test/loss"], s[0]["test/loss"], rtol=1e-5)
+  port = _free_port()
+  again = [_main([*args, "--root", multi], env(i), str(tmp_path / f"q{i}"), "experiments.sweep") for i in range(2)]
+  for proc, out, err in again:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  assert _read(again[0][1]).count("skipped (finished)") == 4
 
 
 def test_a_process_that_cannot_reach_the_coordinator_ends_with_one_error(idx_dir, tmp_path):
