@@ -71,11 +71,16 @@ def fit(components: Components, workdir: str) -> train.TrainState:
       raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
                       "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                       "keeps all).")
-    mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices))
+    flops = components.step_flops() if jax.device_count() > 1 and not s.num_devices else None
+    mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))
     parallel.check_batch_size(s.batch_size, mesh)
     if mesh.devices.size < jax.device_count() and not s.num_devices and parallel.is_main_process():
-      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: batch_size={s.batch_size} "
-            f"divides over no more of them (set --config.num_devices=N to choose).")
+      most = parallel.devices_for_batch(s.batch_size, s.num_devices)
+      why = (f"batch_size={s.batch_size} divides over no more of them" if most == mesh.devices.size else
+             f"one step is {flops / 1e9:.2g} GFLOP, and splitting pays from about "
+             f"{parallel.MIN_FLOPS_PER_DEVICE / 1e9:.0f} GFLOP per device")
+      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: {why} (set "
+            f"--config.num_devices=N to choose).")
     note = components.penalty_mode()
     if note and parallel.is_main_process():
       print(note)

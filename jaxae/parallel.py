@@ -99,14 +99,24 @@ def make_mesh(num_devices: int = 0) -> Mesh:
   return Mesh(np.asarray(devices[:num_devices or len(devices)]), (AXIS,))
 
 
-def devices_for_batch(batch_size: int, num_devices: int = 0) -> int:
-  """How many devices a run's mesh takes: `num_devices` when set (the batch must divide over them), else
-  all visible devices, or on one host the most of them over which `batch_size` divides (batch 10 on 8
-  devices: 5), so that every config runs wherever it is started."""
+# Splitting a step over devices adds an all-reduce of the gradients to it: tens of microseconds over NVLink or a TPU's
+# ICI for these nets' few MB, about what 1 GFLOP of float32 takes one GPU. A step with less work per device waits on
+# the all-reduce more than it gains (S1, S3, S5, S6: 0.06-1.0 GFLOP a step); the conv nets (10-58 GFLOP) split.
+MIN_FLOPS_PER_DEVICE = 1e9
+
+
+def devices_for_batch(batch_size: int, num_devices: int = 0, step_flops: float | None = None) -> int:
+  """How many devices a run's mesh takes: `num_devices` when set (the batch must divide over them), else all
+  visible devices on several hosts; on one host the most of them over which `batch_size` divides (batch 10 on 8
+  devices: 5), so that every config runs wherever it is started, and, given the step's FLOPs, no more than
+  leave each device MIN_FLOPS_PER_DEVICE of work (a small net on one device; at least one)."""
   if num_devices or jax.process_count() > 1:
     return num_devices
   n = jax.device_count()
-  return max(k for k in range(1, n + 1) if batch_size % k == 0)
+  fits = [k for k in range(1, n + 1) if batch_size % k == 0]
+  if step_flops is not None:
+    fits = [k for k in fits if k == 1 or step_flops / k >= MIN_FLOPS_PER_DEVICE]
+  return max(fits)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -167,6 +167,17 @@ class Components:
       config.loss_options = options
     return dataclasses.replace(self, config=config, loss_fn=objective.from_weights(dict(config.loss), options))
 
+  def step_flops(self) -> float:
+    """XLA's FLOP count of one train step at the config's batch size, from the lowered (not compiled) program."""
+    s, x = self.settings, self.data.train.x
+    step = train.make_train_step(self.model, self.loss_fn, self.corrupt, compute_dtype=s.compute_dtype)
+    with self.precision():
+      state = jax.eval_shape(lambda: train.create_state(jax.random.PRNGKey(0), self.model, self.tx, x[0]))
+      batch = jax.ShapeDtypeStruct((s.batch_size, *x.shape[1:]), x.dtype)
+      cost = jax.jit(step).lower(state, batch, jax.random.PRNGKey(0)).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", 0.0))
+
   def penalty_mode(self) -> str:
     """"contractive: mode M (why)" for a loss with the contractive term, else "": what a run says first."""
     if "contractive" not in self.config.loss:

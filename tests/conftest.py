@@ -107,6 +107,9 @@ def tiny_config(idx_dir: str, **overrides):
   c.eval_batch_size = 50
   for name, value in overrides.items():
     c[name] = value
+  if "num_devices" not in overrides:  # every device the batch divides over, as before the FLOP rule: the tests'
+    from jaxae import parallel  # pylint: disable=g-import-not-at-top  # tiny nets exercise data parallelism
+    c.num_devices = parallel.devices_for_batch(c.batch_size)
   return c
 
 

@@ -62,6 +62,17 @@ for n in (1, 8):
   ends[n] = jax.device_get(loop.train_and_evaluate(c, f"{sys.argv[2]}/run{n}").params)
 out["e2e_max_abs_diff"] = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
     lambda a, b: float(np.max(np.abs(a - b))), ends[8], ends[1])))
+# The default device count: a tiny net trains on one device and says why; a net with enough work per step on all.
+import contextlib, io
+for name in ("small", "big"):
+  c = tiny_config(sys.argv[1], num_devices=0, epochs=1)
+  if name == "big":  # the same net, with any work per device enough
+    parallel.MIN_FLOPS_PER_DEVICE = 1.0
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    loop.train_and_evaluate(c, f"{sys.argv[2]}/default_{name}")
+  out[f"default_{name}"] = printed.getvalue()
+parallel.MIN_FLOPS_PER_DEVICE = 1e9
 # A trained run restored straight onto the 8 devices of a mesh.
 from jaxae.run import TrainedRun
 run = TrainedRun.open(f"{sys.argv[2]}/run8", mesh=parallel.make_mesh(8))
@@ -88,6 +99,9 @@ def test_eight_devices_match_one_device_and_refuse_uneven_batches(idx_dir, tmp_p
   assert out["eval_max_rel_diff"] < 1e-5, out
   assert "config.batch_size=100 does not divide over the 8 devices" in out["batch_error"], out
   assert "use a multiple of 8 (e.g. 96 or 104)" in out["batch_error"], out
+  # By default the tiny net (a few MFLOP a step) trains on 1 of the 8 devices and says why; all 8 when each gets enough.
+  assert "Training on 1 of the 8 devices: one step is " in out["default_small"], out["default_small"]
+  assert "Training on" not in out["default_big"], out["default_big"]
 
 
 def test_one_device_mesh_and_bad_device_count():
@@ -100,3 +114,7 @@ def test_one_device_mesh_and_bad_device_count():
   # A batch that does not divide over every device takes the most devices it divides over.
   assert parallel.devices_for_batch(10, 0) == max(k for k in range(1, n + 1) if 10 % k == 0)
   assert parallel.devices_for_batch(10, 1) == 1 and parallel.devices_for_batch(7, 0) in (1, 7)
+  # Given a step's FLOPs, no device gets less than MIN_FLOPS_PER_DEVICE of it (S1's 0.15 GFLOP: one device).
+  assert parallel.devices_for_batch(128, 0, step_flops=0.15e9) == 1
+  assert parallel.devices_for_batch(128, 0, step_flops=10.4e9) == max(k for k in (1, 2, 4, 8) if k <= n)
+  assert parallel.devices_for_batch(128, 2, step_flops=0.15e9) == 2  # asked for: taken
