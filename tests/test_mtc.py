@@ -142,7 +142,7 @@ def test_study_pretrains_fine_tunes_and_resumes(tmp_path, idx_dir, monkeypatch):
                                      splits=lambda: rifai_protocol.splits(True))
   table = study()
   row = [c.strip() for c in table.splitlines()[-1].strip("|").split("|")]
-  assert row[:3] == ["CAE-2 stack 784-16-8", "0.5", "1"] and row[-1] == "0.81"
+  assert row[:4] == ["CAE-2 stack 784-16-8", "all", "0.5", "1"] and row[-1] == "0.81"
   path = os.path.join(root, "finetune_lr0.5.json")
   with open(path, encoding="utf-8") as f:
     record = json.load(f)
@@ -153,6 +153,17 @@ def test_study_pretrains_fine_tunes_and_resumes(tmp_path, idx_dir, monkeypatch):
   with pytest.raises(UserError, match="holds a finetune of"):
     protocol.run_study(root, configs, lrs=[0.5], schedule=Schedule("cosine", 2, 20), seed=0,
                        splits=lambda: rifai_protocol.splits(True))
+  # Semi-supervised: the same stack fine-tuned on its first 40 labelled images, a record of its own.
+  semi = protocol.run_study(root, configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
+                            splits=lambda: rifai_protocol.splits(True), labels=40)
+  assert semi.splitlines()[-1].startswith("| CAE-2 stack 784-16-8 | 40 | 0.5 | 1 |")
+  with open(os.path.join(root, "labels40_finetune_lr0.5.json"), encoding="utf-8") as f:
+    semi_record = json.load(f)
+  assert semi_record["finetune"]["labels"] == 40 and semi_record["history"] != record["history"]
+  assert os.path.getmtime(path) == stamps[0]  # the all-labels record untouched
+  with pytest.raises(UserError, match="--labels=500 is more than the 200 training images"):
+    protocol.run_study(root, configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
+                       splits=lambda: rifai_protocol.splits(True), labels=500)
 
 
 def test_study_flags_are_checked_in_one_line(tmp_path):
@@ -219,7 +230,7 @@ def test_study_mtc_fine_tuning_on_tiny_data(tmp_path, idx_dir, monkeypatch):
   tangent = Tangent(d_m=2, beta=0.1, iters=3)
   table = protocol.run_study(str(tmp_path), configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
                              splits=lambda: rifai_protocol.splits(True), tangent=tangent)
-  assert table.splitlines()[-1].startswith("| MTC (d_M 2, beta 0.1), stack 784-8-8 | 0.5 | 1 |")
+  assert table.splitlines()[-1].startswith("| MTC (d_M 2, beta 0.1), stack 784-8-8 | all | 0.5 | 1 |")
   with open(os.path.join(tmp_path, "mtc_finetune_lr0.5.json"), encoding="utf-8") as f:
     record = json.load(f)
   assert record["finetune"]["d_m"] == 2 and np.isfinite(record["history"][0]["train_loss"])

@@ -52,6 +52,9 @@ flags.DEFINE_integer("d_m", mtc_config.TANGENTS["d_m"], "MTC: tangents per examp
 flags.DEFINE_float("beta", mtc_config.TANGENTS["beta"], "MTC: the TangentProp weight (to be searched on validation).",
                    lower_bound=0)
 flags.DEFINE_integer("tangent_iters", 30, "MTC: subspace iterations per example for the tangents.", lower_bound=1)
+flags.DEFINE_integer("labels", 0, "Semi-supervised: fine-tune on the first N labelled training images only (the "
+                     "paper's 100, 600, 1000, 3000); the stack is pretrained on all of them. 0: all labels.",
+                     lower_bound=0)
 flags.DEFINE_bool("smoke", False, "200 training images and one epoch of everything (a check that it runs).")
 
 
@@ -70,7 +73,8 @@ def run_study() -> str:
   return protocol.run_study(FLAGS.root, configs, lrs=[float(lr) for lr in FLAGS.finetune_lrs],
                             schedule=schedule(), seed=FLAGS.seed,
                             splits=lambda: rifai_protocol.splits(FLAGS.smoke),
-                            tangent=Tangent(FLAGS.d_m, FLAGS.beta, FLAGS.tangent_iters) if FLAGS.mtc else None)
+                            tangent=Tangent(FLAGS.d_m, FLAGS.beta, FLAGS.tangent_iters) if FLAGS.mtc else None,
+                            labels=FLAGS.labels)
 
 
 def main(argv):

@@ -4,6 +4,7 @@ one record per rate in the root (finetune_lr<rate>.json or finetune_constant_lr<
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 
@@ -80,13 +81,27 @@ def stack_settings(configs: Sequence[ml_collections.ConfigDict]) -> list[dict]:
            "corruption": c.corruption.to_dict(), "seed": c.seed} for c in configs]
 
 
-def record_path(root: str, lr: float, schedule: Schedule, tangent: Tangent | None) -> str:
-  """ROOT/finetune_lr<rate>.json (the CAE-N baseline), or ROOT/mtc_finetune_lr<rate>.json with TangentProp."""
-  return os.path.join(root, ("mtc_" if tangent else "") + finetuning.record_name(lr, schedule.name))
+def record_path(root: str, lr: float, schedule: Schedule, tangent: Tangent | None, labels: int = 0) -> str:
+  """ROOT/finetune_lr<rate>.json (the CAE-N baseline), or ROOT/mtc_finetune_lr<rate>.json with TangentProp;
+  fine-tuned on the first `labels` labelled images only: ROOT/labels<N>_[mtc_]finetune_lr<rate>.json."""
+  return os.path.join(root, (f"labels{labels}_" if labels else "") + ("mtc_" if tangent else "")
+                      + finetuning.record_name(lr, schedule.name))
 
 
-def _asked(lr: float, schedule: Schedule, tangent: Tangent | None) -> dict:
-  return schedule.settings() | {"learning_rate": lr} | (tangent.settings() if tangent else {})
+def _asked(lr: float, schedule: Schedule, tangent: Tangent | None, labels: int = 0) -> dict:
+  return (schedule.settings() | {"learning_rate": lr} | (tangent.settings() if tangent else {})
+          | ({"labels": labels} if labels else {}))
+
+
+def labelled(parts: data.Dataset, labels: int) -> data.Dataset:
+  """The semi-supervised setting: `parts` with only its first `labels` training images (0: all) for fine-tuning;
+  validation and test stay whole (the paper's protocol: the stack pretrained on every training image)."""
+  if not labels:
+    return parts
+  if labels > parts.train.x.shape[0]:
+    raise UserError(f"--labels={labels} is more than the {parts.train.x.shape[0]} training images.")
+  tr = parts.train
+  return dataclasses.replace(parts, splits={**parts.splits, "train": data.Split(tr.x[:labels], tr.labels[:labels])})
 
 
 def _train(key, classifier, start, lr: float, parts: data.Dataset, schedule: Schedule, tangent: Tangent | None,
@@ -107,16 +122,17 @@ def _train(key, classifier, start, lr: float, parts: data.Dataset, schedule: Sch
 
 
 def finetune_stack(root: str, configs: Sequence[ml_collections.ConfigDict], parts: data.Dataset, *,
-                   lrs: Sequence[float], schedule: Schedule, seed: int, tangent: Tangent | None = None
-                   ) -> dict[float, dict]:
+                   lrs: Sequence[float], schedule: Schedule, seed: int, tangent: Tangent | None = None,
+                   labels: int = 0) -> dict[float, dict]:
   """Fine-tunes the stacked encoder of the layers in ROOT + a softmax layer at each rate of `lrs`, from one start
   (the head drawn from `seed`), every weight trained; with `tangent`, the MTC: + beta * TangentProp along the d_M
   leading tangents of the pretrained stack at each training example, computed once before. Saves one record per
   rate in ROOT (`record_path`) and returns {rate: record}. A record stored already is read back (UserError when
-  made with other settings); the stack is opened only when some rate is left to do."""
-  epochs = [c.epochs for c in configs]
-  records = {lr: finetuning.read_record(record_path(root, lr, schedule, tangent), _asked(lr, schedule, tangent),
-                                        epochs) for lr in lrs}
+  made with other settings); the stack is opened only when some rate is left to do. With `labels`, fine-tuned on
+  the first `labels` training images only (`labelled`)."""
+  epochs, parts = [c.epochs for c in configs], labelled(parts, labels)
+  records = {lr: finetuning.read_record(record_path(root, lr, schedule, tangent, labels),
+                                        _asked(lr, schedule, tangent, labels), epochs) for lr in lrs}
   todo = [lr for lr, r in records.items() if r is None]
   if not todo:
     return records
@@ -129,31 +145,34 @@ def finetune_stack(root: str, configs: Sequence[ml_collections.ConfigDict], part
     encode = lambda xi: stack.apply({"params": params}, xi, method="encode")
     rows = tangent_prop.leading_tangents(encode, parts.train.x, tangent, key=tangent_key)
   for lr in todo:
-    path = record_path(root, lr, schedule, tangent)
+    path = record_path(root, lr, schedule, tangent, labels)
     result = _train(order_key, classifier, start, lr, parts, schedule, tangent, rows,
                     snapshot=finetuning.snapshot_of(path))
     records[lr] = {**{k: result[k] for k in ("history", "best", "best_by_loss", "stopped_early")},
                    "pretrain_epochs": epochs, "stack": stack_settings(configs),
-                   "finetune": _asked(lr, schedule, tangent)}
+                   "finetune": _asked(lr, schedule, tangent, labels)}
     finetuning.write_record(path, records[lr])
   return records
 
 
-def table(records: dict[float, dict], configs: Sequence[ml_collections.ConfigDict], tangent: Tangent | None = None
-          ) -> str:
+def table(records: dict[float, dict], configs: Sequence[ml_collections.ConfigDict], tangent: Tangent | None = None,
+          labels: int = 0) -> str:
   """The fine-tuned stack's rows (one per rate, at its epoch of lowest validation error) as Markdown."""
   name = (f"MTC (d_M {tangent.d_m}, beta {tangent.beta:g}), " if tangent else f"CAE-{len(configs)} ") + "stack " + \
       "-".join(["784", *(str(c.model.kwargs.features[-1]) for c in configs)])
-  lines = ["| model | fine-tune lr | epoch | valid error % | test error % | paper (MTC) % |", "|---|---|---|---|---|---|"]
+  paper = (mtc_config.PAPER_TEST_ERROR["mtc"] if not labels else
+           mtc_config.PAPER_SEMI_SUPERVISED.get(labels, {}).get("mtc" if tangent else "cae", "-"))
+  lines = ["| model | labels | fine-tune lr | epoch | valid error % | test error % | paper % |",
+           "|---|---|---|---|---|---|---|"]
   for lr, r in sorted(records.items()):
     b = r["best"]
-    lines.append(f"| {name} | {lr:g} | {b['epoch']} | {100 * b['valid_error']:.2f} | {100 * b['test_error']:.2f} | "
-                 f"{mtc_config.PAPER_TEST_ERROR['mtc']} |")
+    lines.append(f"| {name} | {labels or 'all'} | {lr:g} | {b['epoch']} | {100 * b['valid_error']:.2f} | "
+                 f"{100 * b['test_error']:.2f} | {paper} |")
   return "\n".join(lines)
 
 
 def run_study(root: str, configs: Sequence[ml_collections.ConfigDict], *, lrs: Sequence[float], schedule: Schedule,
-              seed: int, splits: Callable[[], data.Dataset], tangent: Tangent | None = None) -> str:
+              seed: int, splits: Callable[[], data.Dataset], tangent: Tangent | None = None, labels: int = 0) -> str:
   """Pretrains the layers greedily into ROOT/layer<i> (a finished one skipped), then fine-tunes the stack at each
   rate of `lrs` on `splits()` (train: the first layer's training images; valid; test), with `tangent` the MTC's
   fine-tuning (`finetune_stack`); returns the table ("" with no rate)."""
@@ -161,5 +180,6 @@ def run_study(root: str, configs: Sequence[ml_collections.ConfigDict], *, lrs: S
                         progress=lambda i, w, what: print(f"layer {i + 1} ({w}): {what}", flush=True))
   if not lrs:
     return ""
-  records = finetune_stack(root, configs, splits(), lrs=lrs, schedule=schedule, seed=seed, tangent=tangent)
-  return table(records, configs, tangent)
+  records = finetune_stack(root, configs, splits(), lrs=lrs, schedule=schedule, seed=seed, tangent=tangent,
+                           labels=labels)
+  return table(records, configs, tangent, labels)
