@@ -30,3 +30,17 @@ def test_op_kind_sorts_xla_operation_names():
   assert bench_train.op_kind("dot.43") == "matmul/conv"
   assert bench_train.op_kind("copy.3") == "copy/transpose"
   assert bench_train.op_kind("add_select_fusion.1") == "element-wise/other"
+
+
+def test_bench_tangents_prints_both_routes_and_converges_with_iterations():
+  """experiments/bench_tangents.py on a tiny random stack: a reference row and a subspace row per k, and the
+  subspace's angle to the SVD's shrinking with iterations on a net small enough to converge (no timing asserted)."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_tangents", "--widths=12", "--ks=2", "--iters=0,200",
+                         "--batch=3", "--repeats=1", "--oversample=2"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in proc.stdout.splitlines()
+          if line.startswith("| 2 |")]
+  assert [r[1] for r in rows] == ["jacfwd + SVD", "subspace, 0 iterations (+2)", "subspace, 200 iterations (+2)"]
+  assert float(rows[2][5]) < 1e-2 < float(rows[1][5])  # converged against a random start
