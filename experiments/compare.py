@@ -36,7 +36,9 @@ flags.DEFINE_string("rifai", "", "Root folder of the Rifai study's runs (experim
 flags.DEFINE_list("probe", [], "Workdirs whose encoders get a linear probe.")
 flags.DEFINE_list("pca", [], "Workdirs of dense AEs with a linear code, compared with PCA of the same size.")
 flags.DEFINE_list("anomaly", [], "Workdirs trained on digits 0-8 (experiments/configs/anomaly.py).")
-flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly saves its figure.")
+flags.DEFINE_list("sparsity", [], "Workdirs whose codes are compared for sparsity on shared axes, and whether each "
+                  "net copies noise as well as digits.")
+flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sparsity save their figures.")
 flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
@@ -116,6 +118,30 @@ def anomaly_table(workdirs: list[str], out_dir: str) -> str:
   figures.score_histograms(all_scores).savefig(path, dpi=100, bbox_inches="tight")
   return (markdown.table(["model", "mean score of normal test digits (nats)", "AUROC: unseen digits (9s)",
                          "AUROC: noisy", "AUROC: rotated"], rows) + f"\n\nHistograms: {path}")
+
+
+def sparsity_table(workdirs: list[str], out_dir: str) -> str:
+  """Per run: the code's sparsity on the test digits (share of |h| below 0.01 and 0.1, mean |h|, units whose mean
+  |h| is below 0.01) and a copy test: the per-pixel squared error of reconstructing the test digits against
+  uniform noise images of the same size (a net that copies any input reconstructs noise as well as digits).
+  Draws sparsity.png (shared axes) into `out_dir`."""
+  rows, codes = [], {}
+  for workdir in tqdm(workdirs, desc="sparsity"):
+    run = TrainedRun.open(workdir)
+    name = os.path.basename(workdir.rstrip("/"))
+    x = np.asarray(run.data.test.x)
+    noise = np.random.default_rng(0).uniform(0, 1, x.shape).astype(x.dtype)
+    h = codes[name] = np.asarray(run.encode(x))
+    a = np.abs(h)
+    digits_mse, noise_mse = (float(np.mean((np.asarray(run.reconstruct(v)) - v) ** 2)) for v in (x, noise))
+    rows.append([name, f"{h.shape[1]}", f"{100 * np.mean(a < 0.01):.1f}", f"{100 * np.mean(a < 0.1):.1f}",
+                 f"{a.mean():.4f}", f"{int(np.sum(a.mean(0) < 0.01))}", f"{digits_mse:.4f}", f"{noise_mse:.4f}"])
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "sparsity.png")
+  figures.sparsity_comparison(codes).savefig(path, dpi=100, bbox_inches="tight")
+  return (markdown.table(["run", "code units", "\\|h\\| < 0.01 (%)", "\\|h\\| < 0.1 (%)", "mean \\|h\\|",
+                          "units with mean \\|h\\| < 0.01", "MSE per pixel, test digits", "MSE per pixel, uniform noise"],
+                         rows) + f"\n\nFigure: {path}")
 
 
 NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
@@ -252,8 +278,8 @@ def _metric_flag() -> str:
 
 def print_tables() -> None:
   """Prints the tables the flags ask for (and writes --rows_json)."""
-  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sweep or FLAGS.paired):
-    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sweep, --paired.")
+  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sparsity or FLAGS.sweep or FLAGS.paired):
+    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sparsity, --sweep, --paired.")
   if FLAGS.paired and len(FLAGS.paired) != 2:
     raise app.UsageError("Give --paired twice: --paired ROOT_A/SETTING_A --paired ROOT_B/SETTING_B.")
   if FLAGS.rifai:
@@ -264,6 +290,8 @@ def print_tables() -> None:
     print(pca_table(FLAGS.pca), end="\n\n")
   if FLAGS.anomaly:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
+  if FLAGS.sparsity:
+    print(sparsity_table(FLAGS.sparsity, FLAGS.out_dir), end="\n\n")
   out = {}
   if FLAGS.sweep:
     out["sweep"], missing = sweep_rows(FLAGS.sweep, _metric_flag())

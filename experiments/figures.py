@@ -64,7 +64,7 @@ class Drawing:
   """One drawing step: `tool` over `runs` draws the PNGs of `figures` (name -> what it shows) into docs/figures/`folder`."""
   folder: str
   system: str
-  tool: str  # "report", "vae_report", "cae_analysis" or "anomaly"
+  tool: str  # "report", "vae_report", "cae_analysis", "anomaly" or "sparsity"
   runs: tuple[Run, ...]
   figures: dict[str, str]
   legacy: str  # where the PNGs in the repository came from before this command drew them
@@ -83,6 +83,8 @@ class Drawing:
     if self.tool == "cae_analysis":
       pairs = ",".join(f"{label}:{d}" for label, d in zip(self.labels, dirs))
       return ["python", "-m", "experiments.cae_analysis", f"--runs={pairs}", f"--out={out}", *self.args]
+    if self.tool == "sparsity":
+      return ["python", "-m", "experiments.compare", f"--sparsity={','.join(dirs)}", f"--out_dir={out}", *self.args]
     return ["python", "-m", "experiments.compare", f"--anomaly={','.join(dirs)}", f"--out_dir={out}", *self.args]
 
   def caption(self, png: str) -> str:
@@ -119,6 +121,10 @@ MANIFEST: tuple[Drawing, ...] = (
     Drawing("s2_none", "S2", "report", (S2["none"],), {
         "code_activity.png": ACTIVITY + "; no penalty (weight decay only)",
         "reconstructions.png": RECON + "; no penalty"}, OLD.format("34a9455")),
+    Drawing("s2", "S2", "sparsity", (S2["l1"], S2["kl"], S2["none"]), {
+        "sparsity.png": "The three S2 codes on shared axes: each unit's mean |h_j| over the test set, sorted (left), "
+                        "and the share of all activations at or below each value (right, log scale)"},
+        "new in this command; no earlier PNG"),
     Drawing("s3_bernoulli", "S3", "vae_report", (S3B,), {
         "prior_samples.png": "64 decoded samples z ~ N(0, I) from the prior (Bernoulli decoder, its mean image)",
         "interpolation.png": "Decoded straight lines between the posterior means of two test digits (0-1, 2-3, 4-9, "

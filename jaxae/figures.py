@@ -214,6 +214,33 @@ def unit_activity(mean_activation: np.ndarray, *, title: str = "Mean activation 
   return fig
 
 
+def sparsity_comparison(codes: dict[str, np.ndarray], *, threshold: float = 0.01):
+  """Several runs' codes [N, K] on shared axes: each unit's mean |h| sorted (left), and the share of all |h|
+  below each value (right, log x; the dotted line at `threshold`)."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+  for name, h in codes.items():
+    a = np.abs(np.asarray(h, np.float64))
+    per_unit = np.sort(a.mean(0))[::-1]
+    left.plot(np.arange(1, len(per_unit) + 1), per_unit, lw=1.5, label=name)
+    values = np.sort(a.ravel())
+    right.plot(np.maximum(values, 1e-6), np.arange(1, len(values) + 1) / len(values), lw=1.5,
+               label=f"{name}: {100 * np.mean(a < threshold):.1f}% below {threshold:g}")
+  left.set_xlabel("rank of the unit (sorted by mean |h_j|, largest first)")
+  left.set_ylabel("mean |h_j| over the test set")
+  left.set_ylim(bottom=0)
+  left.grid(True, alpha=0.3)
+  left.legend(fontsize=8)
+  right.set_xscale("log")
+  right.axvline(threshold, color="k", ls=":", lw=1)
+  right.set_xlabel("|h_j| (every unit and test digit; values below 1e-6 drawn at 1e-6)")
+  right.set_ylabel("share of activations at or below")
+  right.set_ylim(0, 1)
+  right.grid(True, alpha=0.3)
+  right.legend(fontsize=8, loc="upper left")
+  fig.tight_layout()
+  return fig
+
+
 def score_histograms(scores: dict[str, dict[str, np.ndarray]], *, bins: int = 60):
   """One panel per model: histograms of its anomaly scores for each set of inputs (each normalised to
   unit area, its size in the legend), on a log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""

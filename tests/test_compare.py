@@ -45,6 +45,11 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
   assert all(0 <= float(r[3]) <= 100 for r in rows)
   rows = _rows(compare.pca_table(workdirs[:1]))
   assert rows[0][0] == "3" and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
+  # Sparsity and the copy test: the shares are percentages, the digits (what it learnt) come back better than noise.
+  rows = _rows(compare.sparsity_table(workdirs[:1], str(tmp_path / "fig")))
+  assert rows[0][0] == "ae" and rows[0][1] == "3" and 0 <= float(rows[0][2]) <= float(rows[0][3]) <= 100
+  assert float(rows[0][6]) < float(rows[0][7])
+  assert os.path.getsize(tmp_path / "fig" / "sparsity.png") > 10_000
   # The command is as quiet as main: the table on stdout, no INFO logs of Orbax or absl on stderr.
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   command = subprocess.run([sys.executable, "-m", "experiments.compare", "--probe", workdirs[0]], cwd=ROOT, env=env,

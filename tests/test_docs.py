@@ -70,7 +70,7 @@ def test_no_document_points_outside_the_repository():
 
 
 def test_select_names_a_folder_a_system_or_a_figure():
-  assert {d.folder for d, _ in figures.select("S2")} == {"s2_l1", "s2_kl", "s2_none"}
+  assert {d.folder for d, _ in figures.select("S2")} == {"s2", "s2_l1", "s2_kl", "s2_none"}
   assert [(d.folder, p) for d, p in figures.select("s1/codes_3d")] == [("s1", "codes_3d.png")]
   assert len(figures.select("")) == len(figures.entries())
   with pytest.raises(UserError, match="names no figure"):
