@@ -1,11 +1,14 @@
 """IDX reading, scalings, subsets, the on-device epoch order, TFDS loading and its errors."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 import types
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -279,3 +282,37 @@ def test_a_run_on_cached_tfds_data_never_imports_tensorflow(tfds_dir, tmp_path, 
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().splitlines()[-1] == "imported: []", out.stdout[-2000:]
   assert os.listdir(os.path.join(workdir, "tensorboard")) and os.listdir(os.path.join(workdir, "figures"))
+
+
+@pytest.mark.parametrize("scaling", ["unit", "unit256", "symmetric"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uint8_pixels_on_the_device_are_the_scaled_floats_bit_for_bit(scaling, dtype, x64):
+  images = np.random.default_rng(2).integers(0, 256, (7, 5, 4, 1)).astype(np.uint8)
+  images[0, 0, :4, 0] = [0, 1, 254, 255]  # both ends of the range
+  want = np.asarray(data.scale(images, scaling=scaling), dtype)  # what the float path puts on the device
+  p = data.pixels(images, scaling=scaling, dtype=dtype)
+  assert p.codes.dtype == np.uint8 and p.shape == (7, 20) and p.dtype == dtype and len(p) == 7
+  assert p.codes.nbytes * np.dtype(dtype).itemsize == want.nbytes  # 4x (8x) less on the device
+  np.testing.assert_array_equal(np.asarray(p), want)
+  idx = np.array([[3, 0], [6, 6]])
+  got = jax.jit(lambda q, i: q[i])(p, idx)  # a pytree through jit, gathered and scaled on the device
+  assert got.dtype == dtype and got.shape == (2, 2, 20)
+  np.testing.assert_array_equal(got, want[idx])
+  assert data.pixels(images, scaling="centered", dtype=dtype) is None  # a per-pixel mean: no per-value table
+  assert data.pixels(images.astype(np.float32) / 255, scaling="unit", dtype=dtype) is None
+
+
+def test_a_run_on_uint8_pixels_ends_where_the_float_path_ends_bit_for_bit(make_config, tmp_path):
+  from jaxae import loop  # pylint: disable=import-outside-toplevel
+  from jaxae.run import Components  # pylint: disable=import-outside-toplevel
+  config = make_config(epochs=2)
+  parts = Components.from_config(config)
+  assert isinstance(parts.data.train.x, data.Pixels)  # IDX files are uint8: kept so by default
+  floats = dataclasses.replace(parts.data, splits={**parts.data.splits, "train": data.Split(
+      jnp.asarray(np.asarray(parts.data.train.x)), parts.data.train.labels)})
+  ends = {}
+  for name, d in (("pixels", parts.data), ("floats", floats)):
+    os.makedirs(tmp_path / name)
+    ends[name] = jax.device_get(loop.fit(dataclasses.replace(parts, data=d), str(tmp_path / name)).params)
+  for a, b in zip(jax.tree_util.tree_leaves(ends["pixels"]), jax.tree_util.tree_leaves(ends["floats"])):
+    np.testing.assert_array_equal(a, b)

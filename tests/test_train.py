@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxae import checkpoint, loop, metrics, models, objective, train
+from jaxae import checkpoint, data, loop, metrics, models, objective, train
 from jaxae.errors import UserError
 from jaxae.run import Components, TrainedRun
 
@@ -105,6 +105,21 @@ def test_eval_of_a_denoiser_feeds_the_corrupted_input_and_scores_the_clean_targe
   got = train.make_eval(model, loss_fn, batch_size=20, corrupt=shift)(state.params, x)
   r = np.asarray(model.apply({"params": state.params}, x + 0.25)["recon"], np.float64)
   np.testing.assert_allclose(got["squared_error"], ((r - np.asarray(x, np.float64)) ** 2).sum(-1).mean(), rtol=1e-5)
+
+
+def test_bfloat16_compute_leaves_the_factored_penalty_in_float32():
+  """S6's net (cae_deep.py, factored penalty) with compute_dtype bfloat16: the model's outputs are bfloat16 values,
+  the contractive term is computed from the float32 parameters and inputs, equal to the float32 step's."""
+  from experiments import configs  # pylint: disable=import-outside-toplevel
+  parts = Components.from_config(configs.load("cae_deep.py"), dataset=data.synthetic(jax.random.PRNGKey(0),
+                                                                                       (28, 28, 1), n_train=40))
+  assert "factored" in parts.penalty_mode()
+  x = parts.data.train.x[:20]
+  state = train.create_state(jax.random.PRNGKey(1), parts.model, parts.tx, x[0])
+  got = {cd: jax.jit(train.make_train_step(parts.model, parts.loss_fn, compute_dtype=cd))(state, x, jax.random.PRNGKey(2))[1]
+         for cd in ("", "bfloat16")}
+  assert float(got["bfloat16"]["contractive"]) == float(got[""]["contractive"]) > 0
+  assert float(got["bfloat16"]["squared_error"]) != float(got[""]["squared_error"])  # the rest did run in bfloat16
 
 
 def test_even_split_keeps_one_length_where_it_can():
