@@ -95,6 +95,10 @@ class Pixels:
   def __getitem__(self, index) -> jax.Array:
     return jnp.asarray(self.lut)[jnp.asarray(self.codes[index]).astype(jnp.int32)]
 
+  def take(self, index: np.ndarray) -> np.ndarray:
+    """The float values at `index`, looked up on the host (Pixels whose codes are on the host: `feed="host"`)."""
+    return np.asarray(self.lut)[np.asarray(self.codes)[index]]
+
   def __array__(self, dtype=None, copy=None):  # pylint: disable=unused-argument
     values = np.asarray(self.lut)[np.asarray(self.codes)]
     return values if dtype is None else values.astype(dtype)
@@ -108,13 +112,42 @@ class Pixels:
     return cls(*children)
 
 
-def pixels(images: np.ndarray, *, scaling: str, dtype) -> Pixels | None:
-  """uint8 images [N, ...] as Pixels on the device, or None where a per-value table cannot stand for the scaling
-  (floats, or "centered", which subtracts a mean per pixel position)."""
+def pixels(images: np.ndarray, *, scaling: str, dtype, on_host: bool = False) -> Pixels | None:
+  """uint8 images [N, ...] as Pixels on the device (or kept on the host), or None where a per-value table cannot
+  stand for the scaling (floats, or "centered", which subtracts a mean per pixel position)."""
   if images.dtype != np.uint8 or scaling == "centered":
     return None
   lut = scale(np.arange(256, dtype=np.uint8).reshape(256, 1), scaling=scaling)[:, 0]  # as `scale` does each pixel
-  return Pixels(jnp.asarray(images.reshape(images.shape[0], -1)), jnp.asarray(lut, dtype))
+  codes = images.reshape(images.shape[0], -1)
+  if on_host:
+    return Pixels(np.ascontiguousarray(codes), np.asarray(lut, dtype))
+  return Pixels(jnp.asarray(codes), jnp.asarray(lut, dtype))
+
+
+FEEDS = ("auto", "device", "host")
+
+
+def on_host(x) -> bool:
+  """Whether a split's x stays on the host (`feed="host"`): its batches are gathered there and sent per chunk."""
+  return isinstance(x, np.ndarray) or (isinstance(x, Pixels) and isinstance(x.codes, np.ndarray))
+
+
+def take(x, index: np.ndarray) -> np.ndarray:
+  """x[index] of a split kept on the host, as floats: [*index.shape, D]."""
+  return x.take(index) if isinstance(x, Pixels) else np.asarray(x)[index]
+
+
+def _feed_from_host(feed: str, nbytes: int) -> bool:
+  """feed "host", or "auto" where the device reports its memory and the training split would take more than a
+  quarter of it (the rest is the run's: parameters, optimizer state, activations, the test split)."""
+  if feed not in FEEDS:
+    raise UserError(f"Unknown data.feed {feed!r}; known: {', '.join(FEEDS)} ('device': the training split on every "
+                    "device; 'host': kept on the host, each chunk's batches sent; 'auto': host when it would take "
+                    "more than a quarter of a device's memory).")
+  if feed != "auto":
+    return feed == "host"
+  stats = jax.local_devices()[0].memory_stats() or {}  # a GPU or TPU reports its memory; a CPU nothing
+  return "bytes_limit" in stats and nbytes > stats["bytes_limit"] // 4
 
 
 class Split(NamedTuple):
@@ -202,7 +235,8 @@ def keep_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int])
 
 def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", scaling: str = "unit",
                  grayscale: bool = False, train_subset: int = 0, test_subset: int = 0, data_dir: str = "",
-                 download: bool = True, train_classes: Sequence[int] = (), dtype=jnp.float32) -> Dataset:
+                 download: bool = True, train_classes: Sequence[int] = (), feed: str = "auto",
+                 dtype=jnp.float32) -> Dataset:
   """Both splits, preprocessed, as device arrays, with their image shape.
 
   Takes the config's data fields as keywords: `load_dataset(dtype=..., **config.data.to_dict())`.
@@ -220,6 +254,10 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
     download: let TFDS download the dataset when it is missing.
     train_classes: keep only training images of these labels (after `train_subset`; () keeps all);
       the test split stays whole (anomaly detection trains on 0-8 and scores the 9s).
+    feed: where the training split lives: "device" (on every device, uint8 where exact: `Pixels`), "host"
+      (kept on the host, uint8 where exact; the training loop gathers each chunk's batches there and sends
+      them, each process its own devices' share), "auto" (host when it would take more than a quarter of a
+      device's memory, on platforms that report it; else device).
     dtype: float dtype of the images on the device.
 
   Returns:
@@ -244,11 +282,13 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
     mean = train_images.reshape(len(train_images), -1).mean(0) / (255.0 if train_images.dtype == np.uint8 else 1.0)
   splits = {}
   for split, (images, labels) in raw.items():
-    x = pixels(images, scaling=scaling, dtype=dtype) if split == "train" else None  # uint8 on the device
+    host = split == "train" and _feed_from_host(feed, images.size * (1 if images.dtype == np.uint8 else
+                                                                      jnp.dtype(dtype).itemsize))
+    x = pixels(images, scaling=scaling, dtype=dtype, on_host=host) if split == "train" else None  # uint8 kept
     if x is None:
       x = scale(images, scaling=scaling, mean=mean)
       refuse_non_finite(x, split=split, scaling=scaling)
-      x = jnp.asarray(x, dtype)
+      x = np.asarray(x, dtype) if host else jnp.asarray(x, dtype)
     splits[split] = Split(x, jnp.asarray(labels, jnp.int32))
   return Dataset(splits, tuple(int(n) for n in train_images.shape[1:]), 0.0 if mean is None else mean,
                  (-1.0, 1.0) if scaling == "symmetric" else (0.0, 1.0))

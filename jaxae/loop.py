@@ -135,7 +135,14 @@ def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
   step = train.make_train_step(components.model, components.loss_fn, components.corrupt, compute_dtype=s.compute_dtype)
   evaluate = train.make_eval(components.model, components.loss_fn, batch_size=min(s.eval_batch_size, d.test.x.shape[0]),
                              key=eval_key, corrupt=components.corrupt, mesh=mesh)
-  train_x, test_x = parallel.replicate((d.train.x, d.test.x), mesh)
+  test_x = parallel.replicate(d.test.x, mesh)
+  if data.on_host(d.train.x):  # data.feed "host": each chunk's batches gathered here and sent
+    fed = train.make_fed_chunk(step, mesh, unroll=s.scan_unroll)
+
+    def chunk(state, train_x, idx, step_key):
+      return fed(state, parallel.put_batches(data.take(train_x, np.asarray(idx)), mesh), step_key)
+    return Program(components, state, chunk, evaluate, d.train.x, test_x, data_key, step_key)
+  train_x = parallel.replicate(d.train.x, mesh)
   return Program(components, state, train.make_train_chunk(step, mesh, unroll=s.scan_unroll), evaluate,
                  train_x, test_x, data_key, step_key)
 

@@ -147,6 +147,17 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
+def put_batches(batches: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Host batches [S, B, ...] (the same on every process) as one global array split along B over the mesh: each
+  process sends only its own devices' shares."""
+  sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
+  if jax.process_count() == 1:
+    return jax.device_put(batches, sharding)
+  shards = [jax.device_put(batches[index], device)
+            for device, index in sharding.addressable_devices_indices_map(batches.shape).items()]
+  return jax.make_array_from_single_device_arrays(batches.shape, sharding, shards)
+
+
 def shard_batch(batch: jax.Array, mesh: Mesh | None) -> jax.Array:
   """Inside jit: asks XLA to split `batch` [B, ...] along the "data" axis (a no-op without a mesh)."""
   return batch if mesh is None else jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))

@@ -59,5 +59,5 @@ def require_fields(config: ml_collections.ConfigDict, names) -> None:
 
 
 # Config fields outside Settings that a resumed run may change: where the data is read from, the switch itself.
-RESUMABLE_ELSEWHERE = ("allow_config_change", "data.data_dir", "data.download")
+RESUMABLE_ELSEWHERE = ("allow_config_change", "data.data_dir", "data.download", "data.feed")
 RESUMABLE_CHANGES = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("resumable")) + RESUMABLE_ELSEWHERE

@@ -114,6 +114,16 @@ def make_train_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None
   return chunk
 
 
+def make_fed_chunk(train_step: Callable, mesh: jax.sharding.Mesh | None = None, *, unroll: int = 1) -> Callable:
+  """Jitted (state, batches [S, B, ...], step_key) -> (state, metrics [S]): `make_train_chunk` for batches sent
+  from the host (data.feed "host"), each already split over the mesh's "data" axis; the state is donated."""
+  @functools.partial(jax.jit, donate_argnums=0)
+  def chunk(state, batches, step_key):
+    return jax.lax.scan(lambda s, b: train_step(s, parallel.shard_batch(b, mesh), step_key), state, batches,
+                        unroll=unroll)
+  return chunk
+
+
 def make_eval_batches(model: nn.Module, loss_fn: Callable, *, key: jax.Array | None = None,
                       corrupt: Callable | None = None, mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Jitted (params, xb [C, B, D], first) -> dict of metrics [C], one value per batch; batch c draws its

@@ -44,3 +44,13 @@ def test_bench_tangents_prints_both_routes_and_converges_with_iterations():
           if line.startswith("| 2 |")]
   assert [r[1] for r in rows] == ["jacfwd + SVD", "subspace, 0 iterations (+2)", "subspace, 200 iterations (+2)"]
   assert float(rows[2][5]) < 1e-2 < float(rows[1][5])  # converged against a random start
+
+
+def test_bench_feed_prints_both_feeds_and_equal_parameters(idx_dir):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXAE_IDX_DIR": idx_dir}
+  proc = subprocess.run([sys.executable, "-m", "experiments.bench_feed", "--configs=undercomplete.py:smoke",
+                         "--repeats=1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = next(line for line in proc.stdout.splitlines() if line.startswith("| undercomplete.py:smoke |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert float(cells[1]) > 0 and float(cells[3]) > 0 and cells[-1] == "yes"

@@ -316,3 +316,25 @@ def test_a_run_on_uint8_pixels_ends_where_the_float_path_ends_bit_for_bit(make_c
     ends[name] = jax.device_get(loop.fit(dataclasses.replace(parts, data=d), str(tmp_path / name)).params)
   for a, b in zip(jax.tree_util.tree_leaves(ends["pixels"]), jax.tree_util.tree_leaves(ends["floats"])):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("scaling", ["unit", "centered"])  # uint8 codes on the host; floats on the host
+def test_a_host_fed_run_ends_where_the_on_device_run_ends(make_config, tmp_path, scaling):
+  from jaxae import loop  # pylint: disable=import-outside-toplevel
+  from jaxae.run import TrainedRun  # pylint: disable=import-outside-toplevel
+  ends = {}
+  for feed in ("device", "host"):
+    config = make_config(epochs=2)
+    config.data.feed, config.data.scaling = feed, scaling
+    if feed == "host":
+      from jaxae.run import Components  # pylint: disable=import-outside-toplevel
+      assert data.on_host(Components.from_config(config).data.train.x)
+    ends[feed] = jax.device_get(loop.train_and_evaluate(config, str(tmp_path / feed)).params)
+  for a, b in zip(jax.tree_util.tree_leaves(ends["host"]), jax.tree_util.tree_leaves(ends["device"])):
+    np.testing.assert_array_equal(a, b)
+  assert TrainedRun.open(str(tmp_path / "host")).records()[-1]["epoch"] == 2
+
+
+def test_an_unknown_feed_is_refused_in_one_line(idx_dir):
+  with pytest.raises(UserError, match="Unknown data.feed 'disk'; known: auto, device, host"):
+    data.load_dataset(source="idx", data_dir=idx_dir, feed="disk")

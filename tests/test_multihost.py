@@ -20,6 +20,7 @@ from tests.test_main import CONFIG, idx_flags
 # Under pytest-xdist, one worker runs the tests that open ports ("ports": these, and test_data's reachable test) one
 # after another: a coordinator port is free when _free_port picks it and bound seconds later by the subprocess.
 pytestmark = pytest.mark.xdist_group("ports")
+FOUR = "--config.num_devices=4"  # the one-process reference on all 4 devices (a tiny net would take 1 by default)
 
 
 def _free_port() -> int:
@@ -69,7 +70,7 @@ def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path):
   procs = [_main([*args, "--workdir", multi], _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                                                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
                  str(tmp_path / f"p{i}")) for i in range(2)]
-  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, FOUR, "--workdir", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
   for proc, out, err in procs:
@@ -94,6 +95,23 @@ def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path):
     np.testing.assert_allclose(m["test/loss"], s["test/loss"], rtol=1e-5)
 
 
+def test_two_processes_fed_from_the_host_train_as_one_device_fed_process(idx_dir, tmp_path):
+  """--config.data.feed=host on 2 processes of 2 devices: each process sends its devices' shares of every batch; the
+  run ends where one 4-device process with the data on its devices ends."""
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=2"]
+  fed, single = str(tmp_path / "fed"), str(tmp_path / "single")
+  procs = _start_two([*args, "--config.data.feed=host"], fed, str(tmp_path / "p"))
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, FOUR, "--config.data.feed=device", "--workdir",
+                        single], cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600, check=False)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  for proc, out, err in procs:
+    assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
+  got, want = (jax.device_get(TrainedRun.open(w).params) for w in (fed, single))
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert [r["epoch"] for r in metrics.read_metrics(fed)] == [1, 2]
+
+
 def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_dir, tmp_path):
   """experiments.sweep as 2 processes of 2 devices: process 0 writes sweep.json and prints, both train each
   (setting, seed) together; the runs end where one 4-device process's sweep ends; a rerun skips them all."""
@@ -102,7 +120,7 @@ def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_d
   port = _free_port()
   env = lambda i: _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
   procs = [_main([*args, "--root", multi], env(i), str(tmp_path / f"p{i}"), "experiments.sweep") for i in range(2)]
-  ref = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, "--root", single], cwd=ROOT,
+  ref = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, FOUR, "--root", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
   for proc, out, err in procs:
@@ -149,7 +167,7 @@ def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, 
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
   assert committed and committed[-1] < 96, committed  # killed before the end
   procs = _start_two(args, killed, str(tmp_path / "b"))
-  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, FOUR, "--workdir", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
   for proc, out, err in procs:
@@ -185,7 +203,7 @@ def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_unint
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
   assert committed[-1] == step < 240, (committed, said)  # saved once, together, before the end
   procs = _start_two(args, stopped, str(tmp_path / "b"))
-  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, "--workdir", single], cwd=ROOT,
+  ref = subprocess.run([sys.executable, "-m", "experiments.main", *args, FOUR, "--workdir", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
   for proc, out, err in procs:
