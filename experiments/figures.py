@@ -251,13 +251,16 @@ def _run(argv: list[str]) -> None:
 
 
 def draw(runs: str, out: str, only: str = "", *, train: bool = False, train_all: bool = False) -> list[str]:
-  """Draws the figures `only` names from the runs under `runs` into `out`/<folder>/; returns the paths."""
+  """Draws the figures `only` names from the runs under `runs` into `out`/<folder>/; returns the paths. Drawing
+  everything (no `only`), a figure whose run is missing and not trained here is skipped and named at the end;
+  named by `only`, it is an error."""
   from PIL import Image, PngImagePlugin  # pylint: disable=import-outside-toplevel
-  chosen, written = select(only), []
+  chosen, written, skipped = select(only), [], []
   for d in MANIFEST:
     pngs = [p for dd, p in chosen if dd is d]
     if not pngs:
       continue
+    absent = []
     for r in d.runs:
       state = last_epoch(os.path.join(runs, r.name))
       if state is None or state[0] < state[1]:
@@ -265,8 +268,13 @@ def draw(runs: str, out: str, only: str = "", *, train: bool = False, train_all:
           _run(r.train_argv(runs))
           continue
         what = "is missing" if state is None else f"stopped at epoch {state[0]} of {state[1]}"
-        raise UserError(f"Run {os.path.join(runs, r.name)} {what}, needed for {d.folder}/{pngs[0]}: train it with "
-                        f"{_shell(r.train_argv(runs))} ({r.cost()}).")
+        absent.append(f"Run {os.path.join(runs, r.name)} {what}, needed for {d.folder}/{pngs[0]}: train it with "
+                      f"{_shell(r.train_argv(runs))} ({r.cost()}).")
+    if absent and only:  # the figure asked for by name cannot be drawn
+      raise UserError(absent[0])
+    if absent:  # drawing everything: the others still are, and the end says what was left
+      skipped += absent
+      continue
     with tempfile.TemporaryDirectory() as tmp:
       _run(d.draw_argv(runs, tmp))
       states = [last_epoch(os.path.join(runs, r.name)) for r in d.runs]
@@ -286,6 +294,8 @@ def draw(runs: str, out: str, only: str = "", *, train: bool = False, train_all:
           image.save(os.path.join(out, d.folder, p), pnginfo=info)
         written.append(os.path.join(out, d.folder, p))
         print(written[-1])
+  for line in skipped:
+    print(f"skipped: {line}", file=sys.stderr)
   return written
 
 

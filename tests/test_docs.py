@@ -93,3 +93,13 @@ def test_figures_command_draws_a_figure_from_a_tiny_run(make_config, tmp_path):
   assert os.listdir(os.path.join(out, "s1")) == ["loss_curves.png"]  # only the figure asked for
   listing = figures.listing(runs, out, "s1")
   assert "at epoch 2 of 2" in listing and "drawn by python -m experiments.figures" in listing
+
+
+def test_drawing_everything_skips_missing_runs_and_a_named_figure_needs_its_run(tmp_path, capsys):
+  assert figures.draw(str(tmp_path / "runs"), str(tmp_path / "out")) == []  # nothing trained: all skipped, no error
+  err = capsys.readouterr().err
+  assert err.count("skipped: Run ") == sum(len(d.runs) for d in figures.MANIFEST)  # each drawing's runs, named
+  assert "s1 is missing, needed for s1/" in err and not os.path.exists(tmp_path / "out")
+  with pytest.raises(UserError, match="s1 is missing, needed for s1/codes_3d.png: train it with python -m "
+                                      "experiments.main"):
+    figures.draw(str(tmp_path / "runs"), str(tmp_path / "out"), "s1")
