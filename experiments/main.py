@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments.cli import parse_flags, start_command
-from jaxae import loop, parallel, report, run
+from jaxae import loop, parallel, run
 from jaxae.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
@@ -33,6 +33,7 @@ def main(argv):
     state = loop.fit(components, workdir)
     if not parallel.is_main_process():  # process 0 draws the figures
       return
+    from jaxae import report  # pylint: disable=import-outside-toplevel  (matplotlib: only once there is a figure to draw)
     params = jax.device_get(state.params)  # a full copy on this host: the figures are drawn here alone
     paths = report.make_figures(run.TrainedRun(workdir, components, params, int(state.step)))
   except loop.Preempted as e:  # the state is saved; nothing else fits in the grace period
