@@ -71,7 +71,8 @@ def fit(components: Components, workdir: str) -> train.TrainState:
       raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
                       "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                       "keeps all).")
-    flops = components.step_flops() if jax.device_count() > 1 and not s.num_devices else None
+    flops = (components.step_flops() if jax.device_count() > 1 and jax.process_count() == 1 and not s.num_devices
+             else None)  # several hosts take every device: nothing to decide
     mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))
     parallel.check_batch_size(s.batch_size, mesh)
     if mesh.devices.size < jax.device_count() and not s.num_devices and parallel.is_main_process():
