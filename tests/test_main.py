@@ -72,7 +72,8 @@ def test_loss_terms_from_the_command_line(idx_dir, tmp_path):
   result = run_main("--config", CONFIG, "--workdir", workdir, *idx_flags(idx_dir), "--config.epochs=1",
                     "--config.loss.contractive=0.1", "--config.loss.mse=2")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "contractive penalty: mode factored" in result.stdout.splitlines()[0]  # the first line: the mode and why
+  first = [line for line in result.stdout.splitlines() if not line.startswith("Training on ")][0]  # (8 devices: which)
+  assert "contractive penalty: mode factored" in first  # the first line: the mode and why
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["loss"] == {"mse": 2.0, "contractive": 0.1}
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:

@@ -175,7 +175,7 @@ def test_training_picks_examples_per_pass_under_a_fake_device_limit(idx_dir, tmp
   """jaxae.loop asks jaxae.memory; on a CPU (no limit) the config is left alone, under a fake limit between
   the step's memory with 16 and 32 examples per pass the run takes 16, under a tiny one it refuses."""
   config = tiny_config(idx_dir, loss={"bce": 1.0, "contractive": 0.1},
-                       loss_options={"contractive": {"mode": "jacfwd"}}, epochs=1)
+                       loss_options={"contractive": {"mode": "jacfwd"}}, epochs=1, num_devices=1)  # as `mesh`
   components = Components.from_config(config)
   mesh = parallel.make_mesh(1)
   assert memory.bytes_limit() is None  # the CPU reports none
