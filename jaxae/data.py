@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -331,6 +332,7 @@ def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:
         "the data files if they are damaged.")
 
 
+@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "shuffle"))
 def epoch_indices(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int, *,
                   shuffle: bool = True) -> jax.Array:
   """Example indices of one epoch's batches, [num_examples // batch_size, batch_size] int32.

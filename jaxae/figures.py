@@ -51,20 +51,44 @@ def _imshow(ax, image: np.ndarray, shape: Sequence[int], value_range: tuple[floa
     ax.imshow(np.clip((image - value_range[0]) / (value_range[1] - value_range[0]), 0.0, 1.0))
 
 
+def mosaic(images: np.ndarray, *, cols: int, shape: Sequence[int], value_range: tuple[float, float] = (0.0, 1.0),
+           pad: int = 2) -> np.ndarray:
+  """Images [n, prod(shape)] (or [n, *shape]), shape (H, W[, C]), tiled into one array of `cols` columns with `pad`
+  pixels of white (value_range[1]) between them: one imshow instead of one axes per image, which is what makes
+  a figure of a hundred images quick to draw and save."""
+  images = np.asarray(images, np.float64).reshape(-1, *shape)
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  n, h, w = images.shape[:3]
+  rows = -(-n // cols)
+  out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, *images.shape[3:]), value_range[1])
+  for i, image in enumerate(images):
+    r, c = divmod(i, cols)
+    out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = image
+  return out
+
+
+def _show_mosaic(ax, tiled: np.ndarray, value_range: tuple[float, float]) -> None:
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for side in ax.spines.values():
+    side.set_visible(False)
+  if tiled.ndim == 2:
+    ax.imshow(tiled, cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+  else:
+    ax.imshow(np.clip((tiled - value_range[0]) / (value_range[1] - value_range[0]), 0.0, 1.0), interpolation="nearest")
+
+
 def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape: Sequence[int],
                value_range: tuple[float, float] = (0.0, 1.0)):
   """Rows of images: rows[r] is [n, prod(shape)] (or [n, *shape]), shape (H, W[, C]); one titled row each
   (inputs over reconstructions)."""
   n = rows[0].shape[0]
-  fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
-  for r, (images, title) in enumerate(zip(rows, row_titles)):
-    for i in range(n):
-      ax = axes[r, i]
-      _imshow(ax, images[i], shape, value_range)
-      ax.set_xticks([])
-      ax.set_yticks([])
-    axes[r, 0].set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
-  fig.subplots_adjust(left=0.08, right=0.99, top=0.97, bottom=0.02, wspace=0.05, hspace=0.05)
+  fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+  for ax, images, title in zip(axes[:, 0], rows, row_titles):
+    _show_mosaic(ax, mosaic(images, cols=n, shape=shape, value_range=value_range), value_range)
+    ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
+  fig.subplots_adjust(left=0.08, right=0.99, top=0.97, bottom=0.02, hspace=0.08)
   return fig
 
 
@@ -115,15 +139,12 @@ def loss_curves(records: Sequence[dict], *, keys: Sequence[str] | None = None, t
 def filter_tiles(kernel: np.ndarray, *, shape: Sequence[int], rows: int = 10, cols: int = 10, title: str = "Filters"):
   """The first rows*cols filters (columns of kernel [D, K], D = prod(shape)) as images of `shape` (H, W[, C]),
   each scaled to its own range."""
-  fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.75, rows * 0.75 + 0.4), squeeze=False)
-  for n, ax in enumerate(axes.ravel()):
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if n < kernel.shape[1]:
-      w = np.asarray(kernel[:, n])
-      _imshow(ax, (w - w.min()) / (np.ptp(w) + 1e-12), shape, (0.0, 1.0))
+  w = np.asarray(kernel[:, :rows * cols], np.float64).T
+  lo, hi = w.min(axis=1, keepdims=True), w.max(axis=1, keepdims=True)
+  fig, ax = plt.subplots(figsize=(cols * 0.75, rows * 0.75 + 0.4))
+  _show_mosaic(ax, mosaic((w - lo) / (hi - lo + 1e-12), cols=cols, shape=shape), (0.0, 1.0))
   fig.suptitle(title, fontsize=10)
-  fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01, wspace=0.05, hspace=0.05)
+  fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.01)
   return fig
 
 

@@ -132,7 +132,9 @@ def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
   """The run's keys (from its seed), initial state, jitted chunk and evaluation, and data, on `mesh`."""
   s, d = components.settings, components.data
   init_key, data_key, step_key, eval_key = jax.random.split(jax.random.PRNGKey(s.seed), 4)
-  state = parallel.replicate(train.create_state(init_key, components.model, components.tx, d.train.x[0]), mesh)
+  # Indexed in a program (no eager gather compiled at every start), or on the host where the data stays there.
+  first_example = np.asarray(d.train.x[:1])[0] if data.on_host(d.train.x) else jax.jit(lambda x: x[0])(d.train.x)
+  state = parallel.replicate(train.create_state(init_key, components.model, components.tx, first_example), mesh)
   step = train.make_train_step(components.model, components.loss_fn, components.corrupt, compute_dtype=s.compute_dtype)
   evaluate = train.make_eval(components.model, components.loss_fn, batch_size=min(s.eval_batch_size, d.test.x.shape[0]),
                              key=eval_key, corrupt=components.corrupt, mesh=mesh)

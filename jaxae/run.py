@@ -128,7 +128,8 @@ class Components:
   def check(self) -> None:
     """Shapes only (jax.eval_shape, nothing computed): the model builds for one example, returns
     "code" and "recon", reconstructs the data's shape, and the loss terms accept its outputs."""
-    name, x = self.config.model.name, self.data.train.x[:2]
+    train_x = self.data.train.x
+    name, x = self.config.model.name, jax.ShapeDtypeStruct((2, *train_x.shape[1:]), train_x.dtype)
     try:
       params = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
       out = jax.eval_shape(lambda p, xb: self.model.apply({"params": p}, xb, train=True,

@@ -44,9 +44,14 @@ def _finite_number(value) -> bool:
 
 def create_state(init_key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
                  example_x: jax.Array) -> TrainState:
-  """Initial parameters from `init_key` and one example [D]; optimizer state from `tx`."""
-  params = model.init({"params": init_key}, example_x)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  """Initial parameters from `init_key` and one example [D]; optimizer state from `tx`.
+
+  One jitted program (the persistent compilation cache keeps it between commands), not the dozens of
+  one-operation programs that running the initialisers eagerly compiles at every start.
+  """
+  def init(key, x):
+    return TrainState.create(apply_fn=model.apply, params=model.init({"params": key}, x)["params"], tx=tx)
+  return jax.jit(init)(init_key, example_x)
 
 
 def bind_encode(model: nn.Module, params) -> Callable[[jax.Array], jax.Array]:

@@ -51,8 +51,17 @@ def test_figures_hold_what_they_show():
   assert ax.get_title() == "Test codes" if drawn == 200 else f"{200 - drawn} outliers not drawn" in ax.get_title()
   rows = [rng.uniform(size=(6, 784)), rng.uniform(size=(6, 784))]
   fig = figures.image_rows(rows, row_titles=["input", "recon"], shape=(28, 28))
-  assert len(fig.axes) == 12
-  np.testing.assert_allclose(fig.axes[7].images[0].get_array(), rows[1][1].reshape(28, 28))
+  assert len(fig.axes) == 2 and [ax.get_ylabel() for ax in fig.axes] == ["input", "recon"]
+  tiled = fig.axes[1].images[0].get_array()  # one mosaic per row: 6 images of 28 with 2 white pixels between
+  assert tiled.shape == (28, 6 * 30 - 2)
+  np.testing.assert_allclose(tiled[:, 30:58], rows[1][1].reshape(28, 28))
+  np.testing.assert_array_equal(tiled[:, 28:30], 1.0)
+  kernel = rng.normal(size=(784, 7))
+  fig = figures.filter_tiles(kernel, shape=(28, 28), rows=2, cols=4)  # 7 filters in 2 x 4: the last tile white
+  tiled = fig.axes[0].images[0].get_array()
+  w = kernel[:, 5].reshape(28, 28)
+  np.testing.assert_allclose(tiled[30:58, 30:58], (w - w.min()) / (w.max() - w.min() + 1e-12))
+  np.testing.assert_array_equal(tiled[30:58, 90:118], 1.0)
   fig = figures.loss_curves([{"epoch": 1, "train/loss": 2.0}, {"epoch": 2, "train/loss": 1.0}])
   np.testing.assert_array_equal(fig.axes[0].lines[0].get_ydata(), [2.0, 1.0])
 
