@@ -142,7 +142,7 @@ def test_study_pretrains_fine_tunes_and_resumes(tmp_path, idx_dir, monkeypatch):
                                      splits=lambda: rifai_protocol.splits(True))
   table = study()
   row = [c.strip() for c in table.splitlines()[-1].strip("|").split("|")]
-  assert row[:4] == ["CAE-2 stack 784-16-8", "all", "0.5", "1"] and row[-1] == "0.81"
+  assert row[:4] == ["CAE-2 stack 784-16-8", "all", "0.5", "1"] and row[-1] == "~1.04"  # recalled, marked
   path = os.path.join(root, "finetune_lr0.5.json")
   with open(path, encoding="utf-8") as f:
     record = json.load(f)
@@ -155,7 +155,8 @@ def test_study_pretrains_fine_tunes_and_resumes(tmp_path, idx_dir, monkeypatch):
                        splits=lambda: rifai_protocol.splits(True))
   # Semi-supervised: the same stack fine-tuned on its first 40 labelled images, a record of its own.
   semi = protocol.run_study(root, configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
-                            splits=lambda: rifai_protocol.splits(True), labels=40)
+                            splits=lambda: rifai_protocol.splits(True),
+                            variants=[protocol.Variant(labels=40)])
   assert semi.splitlines()[-1].startswith("| CAE-2 stack 784-16-8 | 40 | 0.5 | 1 |")
   with open(os.path.join(root, "labels40_finetune_lr0.5.json"), encoding="utf-8") as f:
     semi_record = json.load(f)
@@ -163,7 +164,8 @@ def test_study_pretrains_fine_tunes_and_resumes(tmp_path, idx_dir, monkeypatch):
   assert os.path.getmtime(path) == stamps[0]  # the all-labels record untouched
   with pytest.raises(UserError, match="--labels=500 is more than the 200 training images"):
     protocol.run_study(root, configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
-                       splits=lambda: rifai_protocol.splits(True), labels=500)
+                       splits=lambda: rifai_protocol.splits(True),
+                       variants=[protocol.Variant(labels=500)])
 
 
 def test_study_flags_are_checked_in_one_line(tmp_path):
@@ -235,3 +237,41 @@ def test_study_mtc_fine_tuning_on_tiny_data(tmp_path, idx_dir, monkeypatch):
     record = json.load(f)
   assert record["finetune"]["d_m"] == 2 and np.isfinite(record["history"][0]["train_loss"])
   assert not os.path.exists(os.path.join(tmp_path, "finetune_lr0.5.json"))  # the MTC's records are its own
+  # The parameters kept beside the record are the chosen epoch's: they test at the record's test error.
+  parts = rifai_protocol.splits(True)
+  classifier, params = protocol.open_classifier(str(tmp_path), os.path.join(tmp_path, "mtc_finetune_lr0.5.json"),
+                                                parts.test.x[:1])
+  error, _ = finetune.error_and_loss(finetune.make_logits(classifier), params, parts.test.x, parts.test.labels)
+  assert error == pytest.approx(record["best"]["test_error"], abs=1e-12)
+  # The MLP baseline (a random start) and a second fine-tuning seed: records of their own, other starts.
+  both = protocol.run_study(str(tmp_path), configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
+                            splits=lambda: parts, variants=[protocol.Variant(scratch=True),
+                                                            protocol.Variant(seed=1)])
+  assert [line.split(" | ")[0] for line in both.splitlines()[2:]] == [
+      "| MLP from scratch, 784-8-8", "| CAE-2 stack 784-8-8, fine-tuning seed 1"]
+  _, scratch = protocol.open_classifier(str(tmp_path), os.path.join(tmp_path, "scratch_finetune_lr0.5.json"),
+                                        parts.test.x[:1])
+  _, seeded = protocol.open_classifier(str(tmp_path), os.path.join(tmp_path, "finetune_lr0.5_seed1.json"),
+                                       parts.test.x[:1])
+  kernel = lambda p: np.asarray(jax.tree_util.tree_leaves(p["autoencoder"])[-1])
+  assert not np.allclose(kernel(scratch), kernel(seeded)) and not np.allclose(kernel(seeded), kernel(params))
+  with pytest.raises(UserError, match="cannot fine-tune from scratch"):
+    protocol.run_study(str(tmp_path), configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
+                       splits=lambda: parts, tangent=tangent, variants=[protocol.Variant(scratch=True)])
+
+
+def test_figure_rows_hold_each_cut_of_the_stacks_leading_tangents(stack_root, key, x64):
+  """experiments/mtc/figures.py: the row of cut i holds the leading right singular vectors and values of the
+  Jacobian of layers 1..i (jnp.linalg.svd of jax.jacfwd, float64)."""
+  from experiments.mtc import figures as mtc_figures  # pylint: disable=import-outside-toplevel
+  images = jax.random.uniform(key, (2, 784), jnp.float64)
+  rows = mtc_figures.layer_rows(stack_root, 2, np.asarray(images), ["first", "second"], d=3, key=key, iters=300)
+  assert list(rows) == ["first, layer 1", "first, layers 1-2", "second, layer 1", "second, layers 1-2"]
+  for i in (1, 2):
+    stack, params = stacking.open_stack(protocol.layer_workdirs(stack_root, 2)[:i])
+    jac = jax.jacfwd(lambda xi: stack.apply({"params": params}, xi, method="encode"))(images[1])
+    _, svals, vt = jnp.linalg.svd(jac)
+    image, vectors, values = rows[f"second, {'layer 1' if i == 1 else 'layers 1-2'}"]
+    np.testing.assert_array_equal(image, np.asarray(images[1]))
+    np.testing.assert_allclose(values, svals[:3], rtol=1e-6)
+    np.testing.assert_allclose(np.abs(vectors @ np.asarray(vt[:3]).T), np.eye(3), atol=1e-4)  # same up to signs

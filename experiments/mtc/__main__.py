@@ -55,6 +55,10 @@ flags.DEFINE_integer("tangent_iters", 30, "MTC: subspace iterations per example 
 flags.DEFINE_integer("labels", 0, "Semi-supervised: fine-tune on the first N labelled training images only (the "
                      "paper's 100, 600, 1000, 3000); the stack is pretrained on all of them. 0: all labels.",
                      lower_bound=0)
+flags.DEFINE_list("finetune_seeds", ["0"], "Fine-tuning seeds: each fine-tunes the same stack with its own head and "
+                  "batch order (records ..._seed<k>.json for k > 0); intervals over them are over fine-tuning only.")
+flags.DEFINE_bool("from_scratch", False, "The MLP baseline: the stack's net from a random start, no pretraining "
+                  "used (records scratch_*). Not with --mtc.")
 flags.DEFINE_bool("smoke", False, "200 training images and one epoch of everything (a check that it runs).")
 
 
@@ -74,7 +78,18 @@ def run_study() -> str:
                             schedule=schedule(), seed=FLAGS.seed,
                             splits=lambda: rifai_protocol.splits(FLAGS.smoke),
                             tangent=Tangent(FLAGS.d_m, FLAGS.beta, FLAGS.tangent_iters) if FLAGS.mtc else None,
-                            labels=FLAGS.labels)
+                            variants=[protocol.Variant(FLAGS.labels, seed, FLAGS.from_scratch) for seed in seeds()])
+
+
+def seeds() -> list[int]:
+  try:
+    found = [int(s) for s in FLAGS.finetune_seeds]
+  except ValueError as e:
+    raise UserError(f"--finetune_seeds={','.join(FLAGS.finetune_seeds)} is not a list of integers; give e.g. "
+                    "--finetune_seeds=0,1,2.") from e
+  if not found or min(found) < 0:
+    raise UserError("--finetune_seeds needs integers >= 0, e.g. --finetune_seeds=0,1,2.")
+  return found
 
 
 def main(argv):
