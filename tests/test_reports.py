@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 
 from experiments import vae_report
@@ -23,6 +24,20 @@ def test_vae_report_figures_and_iwae_bound(idx_dir, tmp_path):
   assert numbers["test_loss"] == metrics.read_metrics(workdir)[-1]["test/loss"]
   # The bound on -log p(x) lies below the negative ELBO (a sampled estimate, so allow a little).
   assert np.isfinite(numbers["iwae_nll"]) and numbers["iwae_nll"] < numbers["test_loss"] + 1.0, numbers
+
+
+def test_binarized_digits_are_bernoulli_draws_of_the_intensities():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4000, 3))
+  x = x.at[:, 0].set(0.0).at[:, 1].set(1.0)  # always off, always on; column 2: on with its own probability
+  b = np.asarray(vae_report.binarized(jax.random.PRNGKey(1), x, (0.0, 1.0)))
+  assert set(np.unique(b)) == {0.0, 1.0} and b[:, 0].max() == 0.0 and b[:, 1].min() == 1.0
+  p = np.asarray(x[:, 2])
+  for lo, hi in ((0.0, 0.3), (0.3, 0.7), (0.7, 1.0)):  # empirical rate within 4 standard errors of the mean intensity
+    inside = (p >= lo) & (p < hi)
+    rate, want = b[inside, 2].mean(), p[inside].mean()
+    assert abs(rate - want) < 4 * np.sqrt(want * (1 - want) / inside.sum()), (lo, hi, rate, want)
+  np.testing.assert_array_equal(np.asarray(vae_report.binarized(jax.random.PRNGKey(1), 2 * x - 1, (-1.0, 1.0))),
+                                2 * b - 1)  # the same draws on another value range
 
 
 def test_code_interpretation_sets_one_dimension_to_its_maximum():
