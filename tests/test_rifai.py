@@ -346,3 +346,22 @@ def test_the_activation_histogram_counts_the_stuck_units():
   fig = rifai_figures.activation_histograms({"x": h}, margin=0.05)
   (label,) = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
   assert "2 of 6 units saturated on >= 99% of digits" in label
+
+
+def test_strength_figure_points_are_the_seed_means_of_the_records(tmp_path):
+  written = {("cae_0.1", 0): (7.0, 0.015, 0.027), ("cae_0.1", 1): (8.0, 0.017, 0.029), ("dae_0.5", 0): (13.0, 0.014, None)}
+  for (run, seed), (norm, test, probe) in written.items():
+    folder = tmp_path / run / f"seed={seed}"
+    folder.mkdir(parents=True)
+    (folder / "columns.json").write_text(json.dumps({"jacobian_norm": norm}))
+    (folder / "finetune_lr2.json").write_text(json.dumps({"best": {"test_error": test}, "finetune": {"learning_rate": 2.0}}))
+    if probe is not None:
+      (folder / "probe.json").write_text(json.dumps({"best": {"test_error": probe}}))
+  points = rifai_figures.grid_points(str(tmp_path))
+  (cae,), (dae,) = points["cae"], points["dae"]
+  assert cae["strength"] == 0.1 and cae["jacobian"].mean == 7.5 and cae["test"].n == 2
+  np.testing.assert_allclose([cae["test"].mean, cae["probe"].mean], [1.6, 2.8])
+  assert dae["test"].mean == pytest.approx(1.4) and dae["test"].n == 1 and not dae["probe"]
+  fig = rifai_figures.strength_figure(points, rate=2.0)
+  stars = [line for line in fig.axes[0].lines if line.get_marker() == "*"]
+  np.testing.assert_allclose(sorted(line.get_ydata()[0] for line in stars), [1.14, 1.18])  # the paper's CAE, DAE

@@ -51,7 +51,7 @@ def read_records(root: str, pattern: str = COSINE) -> dict[tuple[str, float], di
   return runs
 
 
-def _of_model(name: str, model: str) -> bool:
+def of_model(name: str, model: str) -> bool:
   return name == model or name.startswith(model + "_") and name[len(model) + 1:][:1].isdigit()
 
 
@@ -92,7 +92,7 @@ def choose_models(runs: dict, choose, measured: dict[str, dict[int, dict]]) -> t
   (the models' choices, every candidate's)."""
   table, search = [], []
   for model, (field, _) in GRID.items():
-    keys = sorted(k for k in runs if _of_model(k[0], model))
+    keys = sorted(k for k in runs if of_model(k[0], model))
     seeds = sorted(set.intersection(*(set(runs[k]) for k in keys))) if keys else []
     if not seeds:
       continue  # no seed finished by every candidate yet: nothing to choose between
@@ -146,7 +146,7 @@ def probe_rows(root: str) -> tuple[list[dict], dict | None]:
   probes = read_files(root, "probe.json")
   rows, best = [], {}
   for name, by_seed in sorted(probes.items()):
-    model = next((m for m in GRID if _of_model(name, m)), name)
+    model = next((m for m in GRID if of_model(name, m)), name)
     rows.append(stopped_choice(by_seed, sorted(by_seed))
                 | {"model": model, "run": name, "lr": by_seed[min(by_seed)]["probe"]["learning_rate"]})
     if model not in best or rows[-1]["valid_mean"] < best[model]["valid_mean"]:
