@@ -32,7 +32,7 @@ def analyse(workdir: str, points: int) -> dict:
   encode, x = run.encode_one(), run.data.test.x
   with run.precision():
     sv = np.asarray(analysis.jacobian_singular_values(encode, x[:points]))
-    return {"spectrum": sv.mean(0),
+    return {"spectrum": sv.mean(0), "singular_values": sv,
             "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
             "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
             "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1))),
@@ -49,6 +49,8 @@ def main(argv):
   out = FLAGS.out or os.path.join(list(runs.values())[-1], "figures")
   os.makedirs(out, exist_ok=True)
   made = {"jacobian_spectra.png": figures.spectra({k: r["spectrum"] for k, r in results.items()}),
+          "jacobian_spectra_normalized.png": figures.normalized_spectra(
+              {k: r["singular_values"] for k, r in results.items()}),
           "contraction_ratios.png": figures.contraction_curves(RADII, {k: r["ratios"] for k, r in results.items()})}
   if FLAGS.tangents:
     last = list(results.values())[-1]

@@ -156,6 +156,8 @@ MANIFEST: tuple[Drawing, ...] = (
         OLD.format("555f7ec (loss curves 26b2fca)")),
     Drawing("s5", "S5", "cae_analysis", (S5["ae"], S5["ae_wd"], S5["dae"], S5["cae"]), {
         "jacobian_spectra.png": "Singular values of dh/dx, mean over the first 500 test images",
+        "jacobian_spectra_normalized.png": "sigma_k / sigma_1 of dh/dx, median over the first 500 test images, "
+                                           "10th-90th percentile bands",
         "contraction_ratios.png": "Contraction ratio ||h(x + r u) - h(x)|| / r against r, mean over the first 500 "
                                   "test images and 8 random directions each"},
         OLD.format("af37bd9"), labels=("AE", "AE+wd", "DAE", "CAE"), args=("--tangents=0",), name="s5_analysis"),

@@ -154,6 +154,27 @@ def spectra(values: dict[str, np.ndarray], *, title: str = "Singular values of d
                 xlabel="index of the singular value", ylabel="singular value", title=title, marker=None)
 
 
+def normalized_spectra(values: dict[str, np.ndarray], *, low: float = 10, high: float = 90,
+                       title: str = "Singular values of dh/dx relative to the largest, over test points"):
+  """One line per model: the median over points of sigma_k / sigma_1 (values[model]: [P, K], each row one
+  point's singular values, largest first), in a band from the `low` to the `high` percentile (log scale)."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for label, sv in values.items():
+    rel = np.asarray(sv, np.float64) / np.asarray(sv, np.float64)[:, :1]
+    k = np.arange(1, rel.shape[1] + 1)
+    lo, mid, hi = np.percentile(rel, [low, 50, high], axis=0)
+    (line,) = ax.plot(k, mid, label=f"{label} (median)")
+    ax.fill_between(k, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
+  ax.set_yscale("log")
+  ax.set_xlabel("index k of the singular value")
+  ax.set_ylabel("sigma_k / sigma_1")
+  ax.set_title(f"{title}\n(bands: {low:g}th to {high:g}th percentile over the points)", fontsize=10)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
 def contraction_curves(radii: np.ndarray, values: dict[str, np.ndarray], *,
                        title: str = "Contraction ratio ||h(x + r u) - h(x)|| / r"):
   """One line per model: mean contraction ratio against the input-space distance r (log-log)."""

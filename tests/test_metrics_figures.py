@@ -137,3 +137,15 @@ def test_figure_axes_name_what_they_show():
   bars = ax.patches
   assert [round(b.get_x() + b.get_width() / 2) for b in bars] == list(range(1, 8))  # ranks 1..K, not unit indices
   np.testing.assert_allclose([b.get_height() for b in bars], np.sort(activity)[::-1])
+
+
+def test_normalized_spectra_draw_the_median_ratio_in_its_band():
+  rng = np.random.default_rng(1)
+  sv = np.sort(rng.uniform(0.1, 2.0, size=(50, 6)), axis=1)[:, ::-1]
+  fig = figures.normalized_spectra({"CAE": sv})
+  ax = fig.axes[0]
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), np.median(sv / sv[:, :1], axis=0))
+  band = ax.collections[0].get_paths()[0].vertices[:, 1]
+  rel = sv / sv[:, :1]
+  assert band.min() == pytest.approx(np.percentile(rel, 10, axis=0).min())
+  assert band.max() == pytest.approx(np.percentile(rel, 90, axis=0).max())
