@@ -1,6 +1,7 @@
 """Figures and the results-table row of a run, from its workdir alone (config, checkpoint, metrics).
 
   python -m experiments.report --workdir runs/s1 [--figures_dir DIR]
+  python -m experiments.report --sweep runs/study/s1 [--figures_dir DIR]   # loss curves over the seeds, per setting
 
 The figures under docs/figures are drawn through this command by python -m experiments.figures, which names
 each one's run and caption.
@@ -14,7 +15,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.cli import one_line_errors, start_command
-from jaxae import metrics
+from jaxae import figures, metrics, sweep
+from jaxae.errors import UserError
 from jaxae.report import make_figures
 from jaxae.run import TrainedRun
 
@@ -29,10 +31,39 @@ def summary_row(workdir: str) -> str:
           f"{last['test/mse']:.5f} | {steady:.2f} | {times[0]:.2f} |")
 
 
+def sweep_curves(root: str, out_dir: str = "") -> list[str]:
+  """One figure per setting of the sweep in `root`: its loss curves over the seeds (jaxae.figures.
+  loss_curves_over_seeds), written as OUT/curves_<setting>.png (default ROOT/figures); returns the paths."""
+  spec, _, _ = sweep.read_runs(root)
+  out_dir = out_dir or os.path.join(root, "figures")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  for setting in spec["settings"]:
+    by_seed = {}
+    for seed in spec["seeds"]:
+      try:
+        by_seed[seed] = metrics.read_metrics(sweep.workdir_of(root, setting["name"], seed))
+      except (OSError, UserError):
+        continue
+    by_seed = {k: v for k, v in by_seed.items() if v}
+    if not by_seed:
+      continue
+    paths.append(os.path.join(out_dir, f"curves_{setting['name']}.png"))
+    fig = figures.loss_curves_over_seeds(by_seed, title=f"{os.path.basename(os.path.normpath(root))} "
+                                         f"{setting['name']}, seeds {', '.join(map(str, by_seed))}")
+    fig.savefig(paths[-1], dpi=110)
+    figures.plt.close(fig)
+  return paths
+
+
 @one_line_errors
 def main(argv):
   del argv
   start_command()  # Orbax logs every restore at INFO
+  if flags.FLAGS.sweep:
+    for path in sweep_curves(flags.FLAGS.sweep, flags.FLAGS.figures_dir):
+      print(path)
+    return
   for path in make_figures(TrainedRun.open(flags.FLAGS.workdir), out_dir=flags.FLAGS.figures_dir):
     print(path)
   print("| run | epochs | test loss | test MSE per pixel | s/epoch | first epoch s (with compile) |")
@@ -41,6 +72,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "Folder of a run.", required=True)
+  flags.DEFINE_string("workdir", None, "Folder of a run.")
+  flags.DEFINE_string("sweep", "", "Instead: a sweep's root (experiments.sweep --root); draws each setting's loss "
+                      "curves over its seeds, mean and band, into FIGURES_DIR (default ROOT/figures).")
+  flags.register_validator("workdir", lambda w: bool(w) != bool(flags.FLAGS.sweep) or None,
+                           message="give --workdir (a run) or --sweep (a sweep's root), one of them.")
   flags.DEFINE_string("figures_dir", "", "Where to write the PNGs (default: WORKDIR/figures).")
   app.run(main)

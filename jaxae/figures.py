@@ -136,6 +136,37 @@ def loss_curves(records: Sequence[dict], *, keys: Sequence[str] | None = None, t
   return fig
 
 
+def loss_curves_over_seeds(records_by_seed: dict[int, Sequence[dict]], *, title: str = "Loss over seeds"):
+  """loss_curves' panels (the weighted loss, then each term unweighted) for several seeds of one setting: the
+  mean over the seeds at each epoch, in a band from the lowest to the highest seed. Epochs that not every seed
+  logged are left out."""
+  runs = list(records_by_seed.values())
+  epochs = sorted(set.intersection(*({r["epoch"] for r in recs} for recs in runs)))
+  at = [{r["epoch"]: r for r in recs} for recs in runs]
+  present = lambda key: all(key in by_epoch[e] for by_epoch in at for e in epochs)
+  terms = [t for t in logged_terms(runs[0][-1]) if present(f"train/{t}")]
+  panels = [("loss (weighted sum)", "loss")] + ([(t, t) for t in terms] if len(terms) > 1 else [])
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+  for ax, (label, key) in zip(axes[0], panels):
+    values = []
+    for split in ("train", "test"):
+      if not present(f"{split}/{key}"):
+        continue
+      y = np.array([[by_epoch[e][f"{split}/{key}"] for e in epochs] for by_epoch in at])  # [seeds, epochs]
+      (line,) = ax.plot(epochs, y.mean(0), marker="o", ms=3, label=f"{split} (mean of {len(runs)})")
+      ax.fill_between(epochs, y.min(0), y.max(0), color=line.get_color(), alpha=0.25, lw=0)
+      values.append(y)
+    ax.set_yscale("log" if values and np.all(np.concatenate([v.ravel() for v in values]) > 0) else "linear")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_title(label)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+  fig.suptitle(f"{title} (bands: lowest to highest seed)")
+  fig.tight_layout()
+  return fig
+
+
 def filter_tiles(kernel: np.ndarray, *, shape: Sequence[int], rows: int = 10, cols: int = 10, title: str = "Filters"):
   """The first rows*cols filters (columns of kernel [D, K], D = prod(shape)) as images of `shape` (H, W[, C]),
   each scaled to its own range."""

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import compare
-from jaxae import data, loop, metrics, stats, sweep
+from experiments import compare, report
+from jaxae import data, figures, loop, metrics, stats, sweep
 from jaxae.errors import UserError
 from tests.conftest import ROOT, tiny_config
 
@@ -41,6 +41,22 @@ def finished(idx_dir, tmp_path_factory):
     mp.setattr(data, "load_dataset", lambda *a, **k: reads.append(1) or real(*a, **k))
     assert sweep.run_sweep(tiny_config(idx_dir, epochs=2), GRID, [0, 1], root, log=lines.append) == 0
   return root, lines, len(reads)
+
+
+def test_report_draws_each_settings_curves_over_its_seeds(finished, tmp_path):
+  root = finished[0]
+  paths = report.sweep_curves(root, str(tmp_path))
+  assert [os.path.basename(p) for p in paths] == ["curves_optimizer.learning_rate=0.001.png",
+                                                  "curves_optimizer.learning_rate=0.01.png"]
+  runs = {seed: metrics.read_metrics(os.path.join(root, "optimizer.learning_rate=0.01", f"seed={seed}"))
+          for seed in (0, 1)}
+  fig = figures.loss_curves_over_seeds(runs)
+  test_line = next(line for line in fig.axes[0].lines if line.get_label().startswith("test"))
+  want = [np.mean([runs[s][e]["test/loss"] for s in (0, 1)]) for e in range(2)]
+  np.testing.assert_allclose(test_line.get_ydata(), want)
+  band = fig.axes[0].collections[1].get_paths()[0].vertices[:, 1]  # the test band: lowest to highest seed
+  lows = [min(runs[s][e]["test/loss"] for s in (0, 1)) for e in range(2)]
+  assert band.min() == pytest.approx(min(lows))
 
 
 def test_a_sweep_runs_every_setting_and_seed_into_its_folder(finished):
