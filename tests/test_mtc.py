@@ -233,13 +233,13 @@ def test_study_mtc_fine_tuning_on_tiny_data(tmp_path, idx_dir, monkeypatch):
   table = protocol.run_study(str(tmp_path), configs, lrs=[0.5], schedule=Schedule("cosine", 1, 20), seed=0,
                              splits=lambda: rifai_protocol.splits(True), tangent=tangent)
   assert table.splitlines()[-1].startswith("| MTC (d_M 2, beta 0.1), stack 784-8-8 | all | 0.5 | 1 |")
-  with open(os.path.join(tmp_path, "mtc_finetune_lr0.5.json"), encoding="utf-8") as f:
+  with open(os.path.join(tmp_path, "mtc_d2_b0.1_finetune_lr0.5.json"), encoding="utf-8") as f:
     record = json.load(f)
   assert record["finetune"]["d_m"] == 2 and np.isfinite(record["history"][0]["train_loss"])
   assert not os.path.exists(os.path.join(tmp_path, "finetune_lr0.5.json"))  # the MTC's records are its own
   # The parameters kept beside the record are the chosen epoch's: they test at the record's test error.
   parts = rifai_protocol.splits(True)
-  classifier, params = protocol.open_classifier(str(tmp_path), os.path.join(tmp_path, "mtc_finetune_lr0.5.json"),
+  classifier, params = protocol.open_classifier(str(tmp_path), os.path.join(tmp_path, "mtc_d2_b0.1_finetune_lr0.5.json"),
                                                 parts.test.x[:1])
   error, _ = finetune.error_and_loss(finetune.make_logits(classifier), params, parts.test.x, parts.test.labels)
   assert error == pytest.approx(record["best"]["test_error"], abs=1e-12)

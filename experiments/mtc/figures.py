@@ -2,7 +2,7 @@ r"""The MTC study's figures: the leading tangents of each layer of the stack, an
 tangent against along a random direction.
 
   python -m experiments.mtc.figures --root runs/mtc --layers 2 \
-      --records labels1000_finetune_constant_lr0.1.json,labels1000_mtc_finetune_constant_lr0.1.json
+      --records labels1000_finetune_constant_lr0.1.json,labels1000_mtc_d15_b0.1_finetune_constant_lr0.1.json
 
 Writes ROOT/figures/tangents_by_layer.png (a test digit of each of four classes: the image, then the d leading right
 singular vectors of dh_i/dx for the stack cut after layer i, i = 1..N, with their singular values) and, with

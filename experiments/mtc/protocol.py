@@ -96,10 +96,12 @@ class Variant:
 
 def record_path(root: str, lr: float, schedule: Schedule, tangent: Tangent | None, variant: Variant = Variant()
                 ) -> str:
-  """ROOT/finetune_lr<rate>.json (the CAE-N baseline), ROOT/mtc_finetune_lr<rate>.json with TangentProp,
+  """ROOT/finetune_lr<rate>.json (the CAE-N baseline), ROOT/mtc_d<d_M>_b<beta>_finetune_lr<rate>.json with
+  TangentProp (one record per d_M and beta, so that they can be searched),
   ROOT/scratch_finetune_lr<rate>.json from a random start; fine-tuned on the first N labelled images only:
   ROOT/labels<N>_...; with fine-tuning seed k > 0: ..._seed<k>.json."""
-  prefix = ((f"labels{variant.labels}_" if variant.labels else "") + ("mtc_" if tangent else "")
+  prefix = ((f"labels{variant.labels}_" if variant.labels else "")
+            + (f"mtc_d{tangent.d_m}_b{tangent.beta:g}_" if tangent else "")
             + ("scratch_" if variant.scratch else ""))
   name = finetuning.record_name(lr, schedule.name)
   return os.path.join(root, prefix + (name.replace(".json", f"_seed{variant.seed}.json") if variant.seed else name))
