@@ -84,11 +84,13 @@ def image_rows(rows: Sequence[np.ndarray], *, row_titles: Sequence[str], shape: 
   """Rows of images: rows[r] is [n, prod(shape)] (or [n, *shape]), shape (H, W[, C]); one titled row each
   (inputs over reconstructions)."""
   n = rows[0].shape[0]
-  fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * n, 1.25 * len(rows)), squeeze=False)
+  label_inches = 0.2 + 0.085 * max(len(t) for t in row_titles)  # room for the longest row title at fontsize 10
+  width = 1.1 * n + max(0.0, label_inches - 0.088 * n)
+  fig, axes = plt.subplots(len(rows), 1, figsize=(width, 1.25 * len(rows)), squeeze=False)
   for ax, images, title in zip(axes[:, 0], rows, row_titles):
     _show_mosaic(ax, mosaic(images, cols=n, shape=shape, value_range=value_range), value_range)
     ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=10)
-  fig.subplots_adjust(left=0.08, right=0.99, top=0.97, bottom=0.02, hspace=0.08)
+  fig.subplots_adjust(left=max(0.08, label_inches / width), right=0.99, top=0.97, bottom=0.02, hspace=0.08)
   return fig
 
 

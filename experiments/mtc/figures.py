@@ -5,7 +5,9 @@ tangent against along a random direction.
       --records labels1000_finetune_constant_lr0.1.json,labels1000_mtc_d15_b0.1_finetune_constant_lr0.1.json
 
 Writes ROOT/figures/tangents_by_layer.png (a test digit of each of four classes: the image, then the d leading right
-singular vectors of dh_i/dx for the stack cut after layer i, i = 1..N, with their singular values) and, with
+singular vectors of dh_i/dx for the stack cut after layer i, i = 1..N, with their singular values),
+moved_along_tangents.png (each of those digits moved along its leading tangent u1, x + a u1 for a = -4, -2, 0, 2, 4,
+clipped to [0, 1]; u1 has unit norm, its sign arbitrary) and, with
 --records, ROOT/figures/output_along_tangents.png: for each fine-tuned classifier, the mean change of its softmax
 output ||p(x + r u) - p(x)||_1 over test digits, u the leading tangent of the pretrained stack at x or a random unit
 direction, against r.
@@ -73,6 +75,11 @@ def draw(root: str, layers: int, records: Sequence[str], *, d: int, points: int)
   figures.tangents(rows, shape=(28, 28), title=f"Leading {d} tangents (right singular vectors of dh/dx) of test "
                    f"digits, stack cut after each layer ({os.path.basename(os.path.abspath(root))})"
                    ).savefig(paths[-1], dpi=110)
+  steps = (-4.0, -2.0, 0.0, 2.0, 4.0)
+  moved = {f"{name}: x + a u1, a = -4..4": np.clip(np.stack([image + a * vectors[0] for a in steps]), 0.0, 1.0)
+           for name, (image, vectors, _) in rows.items()}
+  paths.append(os.path.join(out_dir, "moved_along_tangents.png"))
+  figures.image_rows(list(moved.values()), row_titles=list(moved), shape=(28, 28)).savefig(paths[-1], dpi=110)
   if records:
     x = jnp.asarray(test_x[:points])
     stack, params = stacking.open_stack(protocol.layer_workdirs(root, layers))
