@@ -46,7 +46,8 @@ def sweep_curves(root: str, out_dir: str = "") -> list[str]:
       except (OSError, UserError):
         continue
     by_seed = {k: v for k, v in by_seed.items() if v}
-    if not by_seed:
+    if not by_seed or not set.intersection(*({r["epoch"] for r in v} for v in by_seed.values())):
+      print(f"{setting['name']}: no epoch logged by every seed yet; no figure")
       continue
     paths.append(os.path.join(out_dir, f"curves_{setting['name']}.png"))
     fig = figures.loss_curves_over_seeds(by_seed, title=f"{os.path.basename(os.path.normpath(root))} "
@@ -73,9 +74,8 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Folder of a run.")
-  flags.DEFINE_string("sweep", "", "Instead: a sweep's root (experiments.sweep --root); draws each setting's loss "
+  flags.DEFINE_string("sweep", None, "Instead: a sweep's root (experiments.sweep --root); draws each setting's loss "
                       "curves over its seeds, mean and band, into FIGURES_DIR (default ROOT/figures).")
-  flags.register_validator("workdir", lambda w: bool(w) != bool(flags.FLAGS.sweep) or None,
-                           message="give --workdir (a run) or --sweep (a sweep's root), one of them.")
+  flags.mark_flags_as_mutual_exclusive(["workdir", "sweep"], required=True)
   flags.DEFINE_string("figures_dir", "", "Where to write the PNGs (default: WORKDIR/figures).")
   app.run(main)

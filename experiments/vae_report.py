@@ -98,6 +98,9 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
     n = test_examples or test.x.shape[0]
     t0 = time.perf_counter()
     with run.precision():
+      if binarize and np.any(np.asarray(run.data.offset) != 0):
+        raise UserError(f"--binarize needs pixels scaled to a fixed range; {workdir!r} subtracts a mean image "
+                        f"(data.scaling={config.data.scaling!r}). Drop --binarize, or train with data.scaling='unit'.")
       x = test.x[:n] if not binarize else binarized(jax.random.PRNGKey(seed + 2), test.x[:n], run.data.value_range)
       bound = iwae_test_bound(jax.random.PRNGKey(seed + 1), model, params, x, num_samples=num_samples)
     numbers["iwae_nll"] = float(-bound.mean())

@@ -144,6 +144,8 @@ def loss_curves_over_seeds(records_by_seed: dict[int, Sequence[dict]], *, title:
   logged are left out."""
   runs = list(records_by_seed.values())
   epochs = sorted(set.intersection(*({r["epoch"] for r in recs} for recs in runs)))
+  if not epochs:
+    raise ValueError("loss_curves_over_seeds: no epoch is logged by every seed.")
   at = [{r["epoch"]: r for r in recs} for recs in runs]
   present = lambda key: all(key in by_epoch[e] for by_epoch in at for e in epochs)
   terms = [t for t in logged_terms(runs[0][-1]) if present(f"train/{t}")]
@@ -193,7 +195,8 @@ def normalized_spectra(values: dict[str, np.ndarray], *, low: float = 10, high: 
   point's singular values, largest first), in a band from the `low` to the `high` percentile (log scale)."""
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for label, sv in values.items():
-    rel = np.asarray(sv, np.float64) / np.asarray(sv, np.float64)[:, :1]
+    sv = np.asarray(sv, np.float64)
+    rel = sv[sv[:, 0] > 0] / sv[sv[:, 0] > 0, :1]  # a point whose Jacobian is 0 has no relative spectrum
     k = np.arange(1, rel.shape[1] + 1)
     lo, mid, hi = np.percentile(rel, [low, 50, high], axis=0)
     (line,) = ax.plot(k, mid, label=f"{label} (median)")

@@ -66,6 +66,7 @@ def _wait_for_a_checkpoint(ckpts, procs):
 def _ended_alike(got_workdir, want_workdir):
   """Both runs' parameters agree to float tolerance (a 4-device all-reduce sums in another order than gloo's)."""
   got, want = (jax.device_get(TrainedRun.open(w).params) for w in (got_workdir, want_workdir))
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

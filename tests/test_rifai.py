@@ -353,7 +353,7 @@ def test_strength_figure_points_are_the_seed_means_of_the_records(tmp_path):
   for (run, seed), (norm, test, probe) in written.items():
     folder = tmp_path / run / f"seed={seed}"
     folder.mkdir(parents=True)
-    (folder / "columns.json").write_text(json.dumps({"jacobian_norm": norm}))
+    (folder / "columns.json").write_text(json.dumps({"jacobian_norm": norm - 0.5, "jacobian_sq_norm": norm ** 2}))
     (folder / "finetune_lr2.json").write_text(json.dumps({"best": {"test_error": test}, "finetune": {"learning_rate": 2.0}}))
     if probe is not None:
       (folder / "probe.json").write_text(json.dumps({"best": {"test_error": probe}}))

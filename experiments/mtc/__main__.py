@@ -89,7 +89,7 @@ def seeds() -> list[int]:
                     "--finetune_seeds=0,1,2.") from e
   if not found or min(found) < 0:
     raise UserError("--finetune_seeds needs integers >= 0, e.g. --finetune_seeds=0,1,2.")
-  return found
+  return list(dict.fromkeys(found))  # each once, in the order given
 
 
 def main(argv):

@@ -32,11 +32,15 @@ from jaxae.errors import UserError
 from jaxae.report import one_per_class
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "runs/mtc", "The study's root: ROOT/layer<i> and the fine-tuning records.")
-flags.DEFINE_integer("layers", 2, "Layers of the stack.", lower_bound=1)
-flags.DEFINE_list("records", [], "Fine-tuning records in ROOT whose classifiers to compare along the tangents.")
-flags.DEFINE_integer("d", 6, "Tangents drawn per image and layer.", lower_bound=1)
-flags.DEFINE_integer("points", 500, "Test digits the output curves average over.", lower_bound=1)
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (the study's own command defines flags of the same names)."""
+  flags.DEFINE_string("root", "runs/mtc", "The study's root: ROOT/layer<i> and the fine-tuning records.")
+  flags.DEFINE_integer("layers", 2, "Layers of the stack.", lower_bound=1)
+  flags.DEFINE_list("records", [], "Fine-tuning records in ROOT whose classifiers to compare along the tangents.")
+  flags.DEFINE_integer("d", 6, "Tangents drawn per image and layer.", lower_bound=1)
+  flags.DEFINE_integer("points", 500, "Test digits the output curves average over.", lower_bound=1)
 
 
 def layer_rows(root: str, layers: int, images: np.ndarray, names: Sequence[str], *, d: int, key: jax.Array,
@@ -118,4 +122,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -87,8 +87,9 @@ def stack_settings(configs: Sequence[ml_collections.ConfigDict]) -> list[dict]:
 @dataclasses.dataclass(frozen=True)
 class Variant:
   """Which fine-tuning of the stack: on the first `labels` labelled images (0: all), the head and the batch order
-  drawn from fine-tuning seed `seed` (0: the study's own keys), and `scratch` for the same net from a random
-  initialisation (the MLP baseline: no pretraining used)."""
+  drawn from fine-tuning seed `seed` (0: the study's own keys), and `scratch` for the same net from a fresh draw of
+  its initialisers (the MLP baseline: nothing pretrained used, though the stack's layers are opened for the
+  architecture, so its root holds a pretrained stack)."""
   labels: int = 0
   seed: int = 0
   scratch: bool = False
@@ -167,7 +168,7 @@ def finetune_stack(root: str, configs: Sequence[ml_collections.ConfigDict], part
   classifier = finetune.Classifier(stack)
   base = jax.random.PRNGKey(seed + 1)
   init_key, order_key, tangent_key = jax.random.split(jax.random.fold_in(base, variant.seed) if variant.seed else base, 3)
-  if variant.scratch:  # every layer drawn as its pretraining drew it, nothing learnt kept
+  if variant.scratch:  # a fresh draw of every layer from the same initialisers (init_key), nothing learnt kept
     start = classifier.init(init_key, parts.train.x[:1])["params"]
   else:
     start = finetune.init_from_pretrained(init_key, classifier, params, parts.train.x[:1])
@@ -210,8 +211,12 @@ def open_classifier(root: str, record: str, example_x: jax.Array) -> tuple[finet
 
 
 def _stack_of(record: str) -> list[dict]:
-  with open(record, encoding="utf-8") as f:
-    return json.load(f)["stack"]
+  try:
+    with open(record, encoding="utf-8") as f:
+      return json.load(f)["stack"]
+  except FileNotFoundError as e:
+    raise UserError(f"No fine-tuning record {record!r}; its name is one of the *.json files of the study's root "
+                    "(python -m experiments.mtc writes them).") from e
 
 
 def table(records: dict[float, dict], configs: Sequence[ml_collections.ConfigDict], tangent: Tangent | None = None,

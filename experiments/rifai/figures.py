@@ -116,7 +116,8 @@ def _strength(run: str) -> float | None:
 
 
 def grid_points(root: str, models: tuple[str, ...] = ("cae", "dae"), rate: float = 2.0) -> dict[str, list[dict]]:
-  """{model: one point per strength}: each the runs' mean ||J||_F before fine-tuning (columns.json), the test error
+  """{model: one point per strength}: each the runs' root mean square ||J||_F over the test digits before fine-tuning
+  (columns.json: sqrt of the mean ||J||_F^2, the quantity the paper's column scales), the test error
   of the cosine fine-tuning at `rate` (each seed at its epoch of lowest validation error) and of the linear probe,
   each a t-interval over the seeds that have it."""
   out = {}
@@ -129,7 +130,8 @@ def grid_points(root: str, models: tuple[str, ...] = ("cae", "dae"), rate: float
         continue
       tuned = records.get((run, rate), {})
       points.append({"run": run, "strength": _strength(run),
-                     "jacobian": stats.t_interval([c["jacobian_norm"] for c in cols[run].values()]),
+                     # root mean square of ||J||_F over the test digits: the paper's column's own scale
+                     "jacobian": stats.t_interval([np.sqrt(c["jacobian_sq_norm"]) for c in cols[run].values()]),
                      "test": tuned and stats.t_interval([100 * r["best"]["test_error"] for r in tuned.values()]),
                      "probe": run in probes and stats.t_interval([100 * r["best"]["test_error"]
                                                                   for r in probes[run].values()])})
@@ -138,7 +140,7 @@ def grid_points(root: str, models: tuple[str, ...] = ("cae", "dae"), rate: float
 
 
 def strength_figure(points: dict[str, list[dict]], *, rate: float):
-  """Test error of the fine-tuned nets (left) and of the linear probe (right) against the mean ||J||_F of the
+  """Test error of the fine-tuned nets (left) and of the linear probe (right) against the rms ||J||_F of the
   pretrained encoder, one point per strength with 95% t-intervals over seeds; the paper's CAE and DAE at its
   Jacobian column read as ||J||_F^2 / (D K)."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -159,7 +161,7 @@ def strength_figure(points: dict[str, list[dict]], *, rate: float):
       if key == "test" and PAPER_TEST_ERROR.get(model) and PAPER_JACOBIAN.get(model):
         ax.plot([np.sqrt(PAPER_JACOBIAN[model] * 784 * 1000)], [PAPER_TEST_ERROR[model]], marker="*", ms=12,
                 color=colours.get(model), linestyle="none", label=f"{model.upper()} (paper)")
-    ax.set_xlabel("mean ||J||_F of the pretrained encoder (test digits)")
+    ax.set_xlabel("sqrt(mean ||J||_F^2) of the pretrained encoder (test digits)")
     ax.set_ylabel("test error %")
     ax.set_title(what, fontsize=10)
     ax.grid(True, alpha=0.3)
