@@ -16,7 +16,6 @@ direction, against r.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -24,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import start_command
+from experiments.cli import one_line_errors, start_command
 from experiments.mtc import protocol
 from experiments.rifai import protocol as rifai_protocol
-from jaxae import figures, stacking, tangents
-from jaxae.errors import UserError
+from jaxae import figures, stacking, tangents, train
 from jaxae.report import one_per_class
 
 FLAGS = flags.FLAGS
@@ -50,8 +48,7 @@ def layer_rows(root: str, layers: int, images: np.ndarray, names: Sequence[str],
   found = {}
   for i in range(1, layers + 1):
     stack, params = stacking.open_stack(protocol.layer_workdirs(root, layers)[:i])
-    encode = lambda xi, stack=stack, params=params: stack.apply({"params": params}, xi, method="encode")
-    found[i] = tangents.leading_tangents(encode, jnp.asarray(images), k=d, key=key, iters=iters, oversample=4)
+    found[i] = tangents.leading_tangents(train.bind_encode(stack, params), jnp.asarray(images), k=d, key=key, iters=iters, oversample=4)
   cut = lambda i: "layer 1" if i == 1 else f"layers 1-{i}"
   return {f"{names[n]}, {cut(i)}": (images[n], np.asarray(found[i].vectors[n]),
                                     np.asarray(found[i].singular_values[n]))
@@ -87,8 +84,7 @@ def draw(root: str, layers: int, records: Sequence[str], *, d: int, points: int)
   if records:
     x = jnp.asarray(test_x[:points])
     stack, params = stacking.open_stack(protocol.layer_workdirs(root, layers))
-    encode = lambda xi: stack.apply({"params": params}, xi, method="encode")
-    tangent = tangents.leading_tangents(encode, x, k=1, key=key, iters=100, oversample=4).vectors[:, 0]
+    tangent = tangents.leading_tangents(train.bind_encode(stack, params), x, k=1, key=key, iters=100, oversample=4).vectors[:, 0]
     noise = jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype)
     random = noise / jnp.linalg.norm(noise, axis=-1, keepdims=True)
     radii = np.linspace(0.0, 5.0, 11)
@@ -109,16 +105,13 @@ def draw(root: str, layers: int, records: Sequence[str], *, d: int, points: int)
   return paths
 
 
+@one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   start_command()
-  try:
-    for path in draw(FLAGS.root, FLAGS.layers, FLAGS.records, d=FLAGS.d, points=FLAGS.points):
-      print(path)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  for path in draw(FLAGS.root, FLAGS.layers, FLAGS.records, d=FLAGS.d, points=FLAGS.points):
+    print(path)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from experiments.mtc import tangent_prop
 from experiments.mtc.tangent_prop import Tangent
 from experiments.rifai import finetuning
 from experiments.rifai.finetuning import Schedule
-from jaxae import data, finetune, stacking
+from jaxae import data, finetune, stacking, train
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
 
@@ -174,8 +174,7 @@ def finetune_stack(root: str, configs: Sequence[ml_collections.ConfigDict], part
     start = finetune.init_from_pretrained(init_key, classifier, params, parts.train.x[:1])
   rows = None
   if tangent is not None:
-    encode = lambda xi: stack.apply({"params": params}, xi, method="encode")
-    rows = tangent_prop.leading_tangents(encode, parts.train.x, tangent, key=tangent_key)
+    rows = tangent_prop.leading_tangents(train.bind_encode(stack, params), parts.train.x, tangent, key=tangent_key)
   for lr in todo:
     path = record_path(root, lr, schedule, tangent, variant)
     result = _train(order_key, classifier, start, lr, parts, schedule, tangent, rows,
