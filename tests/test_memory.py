@@ -51,8 +51,10 @@ def test_chunked_jacobian_matches_a_plain_loop(x64, key):
   encode = train.bind_encode(model, params)
   x = jax.random.normal(jax.random.fold_in(key, 2), (6, 10), jnp.float64)
   want = jnp.stack([jax.jacfwd(encode)(xi) for xi in x])  # [B, K, D]
+  scale = float(jnp.max(jnp.abs(want)))  # entries far below it carry their rounding from the large ones (cancellation)
   for n in (0, 2, 4):
-    np.testing.assert_allclose(losses.jacobian(encode, x, mode="jacrev", examples_per_pass=n), want, rtol=1e-12)
+    np.testing.assert_allclose(losses.jacobian(encode, x, mode="jacrev", examples_per_pass=n), want, rtol=1e-12,
+                               atol=1e-14 * scale)
 
 
 def test_examples_per_pass_bounds_the_train_step_memory(key):
@@ -83,7 +85,7 @@ key = jax.random.PRNGKey(int(__import__("sys").argv[1]))
 nets = {
     "dense": (models.DenseAE(encoder_features=(9, 6, 4), decoder_features=(6, 10), activation="tanh",
                              code_activation="tanh"), (10,)),
-    "conv": (models.ConvAE(input_shape=(8, 8, 1), param_dtype="float64"), (64,)),
+    "conv": (models.ConvAE(input_shape=(8, 8, 1), param_dtype="float64", features=(8, 4)), (64,)),
 }
 
 def old_per_example(fn, x, n):  # the formulation before: contiguous chunks, a scan over the sharded axis
@@ -100,16 +102,16 @@ def penalty(model, mode, n, mesh, old=False):
 
 for name, (model, shape) in nets.items():
   k1, k2 = jax.random.split(jax.random.fold_in(key, len(name)))
-  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64) + 0.05, model.init(k1, jnp.zeros(shape))["params"])
+  params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64) + 0.05, jax.jit(model.init)(k1, jnp.zeros(shape))["params"])
   x = jax.random.uniform(k2, (64,) + shape, jnp.float64)
   mesh = parallel.make_mesh(8)
   p8, x8 = parallel.replicate((params, x), mesh)
   whole = penalty(model, "jacfwd", 0, None)(params, x)
   for mode in ("jacfwd", "jacrev"):
     for n in ((8, 16) if name == "dense" else (16,)):
-      f = penalty(model, mode, n, mesh)
-      hlo = f.lower(p8, x8).compile().as_text()
-      value, grad = f(p8, x8)
+      compiled = penalty(model, mode, n, mesh).lower(p8, x8).compile()  # compiled once: inspected and run
+      hlo = compiled.as_text()
+      value, grad = compiled(p8, x8)
       out[f"{name}/{mode}/{n}"] = {
           "all_gather": hlo.count("all-gather"), "all_reduce": "all-reduce" in hlo,
           "value_rel": float(abs(value - whole[0]) / abs(whole[0])),

@@ -64,6 +64,9 @@ def test_conv_ae_layer_stack_and_param_count(key):
              "dec_0": 7 * 7 * 1 * 32 + 32, "dec_1": 2 * 2 * 32 * 128 + 128, "dec_2": 7 * 7 * 128 * 1 + 1}
   assert {k: models.count_params(v) for k, v in params.items()} == by_hand
   assert models.count_params(params) == sum(by_hand.values()) == 48770
+  narrow = jax.eval_shape(models.build("conv", input_shape=(8, 8, 1), features=(8, 4)).init, key, x[0, :64])
+  assert models.count_params(narrow["params"]) == (7 * 7 * 8 + 8 + 2 * 2 * 8 * 4 + 4 + 7 * 7 * 4 + 1  # the tests' width
+                                                   + 7 * 7 * 4 + 4 + 2 * 2 * 4 * 8 + 8 + 7 * 7 * 8 + 1)
   out = model.apply({"params": params}, x)
   chex.assert_shape(out["code"], (3, 49))
   chex.assert_shape([out["recon"], out["logits"]], (3, 784))
@@ -79,7 +82,7 @@ def test_conv_max_pool_matches_reduce_window_in_values_and_gradients(x64, key, m
   differentiates), in float64 on random inputs; and a different gradient only at a tie between equal
   positive maxima, which it splits."""
   from jaxae.models import conv
-  model = models.build("conv", input_shape=(8, 8, 1), param_dtype="float64")
+  model = models.build("conv", input_shape=(8, 8, 1), param_dtype="float64", features=(8, 4))
   for attempt in range(5):  # a ReLU net on 8x8 inputs can draw all code units dead (J = 0): draw again, at most 5 times
     k1, k2 = jax.random.split(jax.random.fold_in(key, attempt))
     x = jax.random.uniform(k1, (4, 64), jnp.float64)

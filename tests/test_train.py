@@ -304,7 +304,7 @@ def test_float64_on_a_tpu_and_an_unknown_precision_are_refused(make_config, monk
   Components.check_config(make_config())  # float32 is fine there
 
 
-def test_the_jitted_initial_state_equals_eager_initialisation_bitwise(key):
+def test_the_jitted_initial_state_equals_eager_initialisation_bitwise(key, optimized):
   """create_state runs the initialisers in one program: Flax's default (the truncated normal of the dense, VAE and
   conv models' layers), the tied model's Theano uniform, Glorot and numpy's draw give the numbers that running them
   operation by operation gives, to the bit, in float32 and float64 (a seed keeps its published numbers)."""

@@ -31,17 +31,22 @@ class ConvAE(nn.Module):
   Attributes:
     input_shape: (H, W, C) of one image, H and W multiples of 4; filled in from the data by `models.build`.
     param_dtype: dtype of the parameters.
+    features: the channels of the two hidden convolutions (128, 32 above), mirrored in the decoder.
   """
   input_shape: tuple[int, int, int] = ()
   param_dtype: str = "float32"
+  features: tuple[int, int] = (128, 32)
 
   def setup(self):
     if len(self.input_shape) != 3 or self.input_shape[0] % 4 or self.input_shape[1] % 4:
       raise ValueError(f"ConvAE needs images (H, W, C) with H and W multiples of 4, got input_shape="
                        f"{tuple(self.input_shape)}.")
+    if len(self.features) != 2:
+      raise ValueError(f"ConvAE's features are the channels of its two hidden convolutions, got {self.features}.")
+    wide, narrow = self.features
     conv = lambda c, k, name: nn.Conv(c, (k, k), padding="SAME", param_dtype=jnp.dtype(self.param_dtype), name=name)
-    self.enc = [conv(128, 7, "enc_0"), conv(32, 2, "enc_1"), conv(1, 7, "enc_2")]
-    self.dec = [conv(32, 7, "dec_0"), conv(128, 2, "dec_1"), conv(self.input_shape[-1], 7, "dec_2")]
+    self.enc = [conv(wide, 7, "enc_0"), conv(narrow, 2, "enc_1"), conv(1, 7, "enc_2")]
+    self.dec = [conv(narrow, 7, "dec_0"), conv(wide, 2, "dec_1"), conv(self.input_shape[-1], 7, "dec_2")]
 
   def encode(self, x: jax.Array) -> jax.Array:
     """x: [..., H*W*C] -> code [..., H/4 * W/4]."""
@@ -53,7 +58,7 @@ class ConvAE(nn.Module):
     return EncoderSplit(self._first, self._rest, None)
 
   def _first(self, x: jax.Array) -> jax.Array:
-    """x: [..., H*W*C] -> the first convolution's output [..., H, W, 128], before its ReLU."""
+    """x: [..., H*W*C] -> the first convolution's output [..., H, W, features[0]], before its ReLU."""
     return self.enc[0](x.reshape(x.shape[:-1] + tuple(self.input_shape)))
 
   def _rest(self, z1: jax.Array) -> jax.Array:
