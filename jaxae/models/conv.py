@@ -42,7 +42,8 @@ class ConvAE(nn.Module):
       raise ValueError(f"ConvAE needs images (H, W, C) with H and W multiples of 4, got input_shape="
                        f"{tuple(self.input_shape)}.")
     if len(self.features) != 2:
-      raise ValueError(f"ConvAE's features are the channels of its two hidden convolutions, got {self.features}.")
+      raise ValueError(f"ConvAE's features are the channels of its two hidden convolutions, got {self.features}; "
+                       "give two, e.g. features=(128, 32) (the default).")
     wide, narrow = self.features
     conv = lambda c, k, name: nn.Conv(c, (k, k), padding="SAME", param_dtype=jnp.dtype(self.param_dtype), name=name)
     self.enc = [conv(wide, 7, "enc_0"), conv(narrow, 2, "enc_1"), conv(1, 7, "enc_2")]
