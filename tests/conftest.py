@@ -24,6 +24,14 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # and 
 # bitwise comparisons compare two runs of one path. The checks that are about the program users run (the jitted
 # initial state equals the eager one bit for bit, S5's published digits) turn them back on: the `optimized` fixture.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Likewise XLA's CPU code generator: its older LLVM loop emitters compile the suite's programs ~20% quicker than the
+# default MLIR fusion emitters (tests/test_losses.py + test_train.py: 66 -> 52 s). Code generation only: the HLO
+# (fusion, sharding, collectives: what test_memory and test_parallel inspect) is the same. Subprocesses inherit it;
+# the helper below keeps it when a test sets the device count. The whole suite passes either way (the bitwise checks
+# and S5's published digits included): `XLA_FLAGS=--xla_cpu_use_fusion_emitters=true make test` runs it on the default.
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
+
 # JAX writes an entry in place: a process that reads it while another writes it gets a truncated copy, warns and
 # compiles the program itself. Benign, but the tests read the commands' stderr: that one warning is dropped.
 _PARTIAL_READ = "ignore:Error reading persistent compilation cache entry"
@@ -37,6 +45,14 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)  # `experiments` is importable as in `python -m experiments.main`
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a subprocess with `devices` fake CPU devices: this process's flags with the device count replaced."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
 
 _seeds = itertools.count(1234)
 # Decoded datasets are cached between runs; the tests keep theirs out of the user's home (subprocesses inherit it).
@@ -68,7 +84,8 @@ def x64():
 @pytest.fixture
 def optimized():
   """XLA's optimisation passes on for this test (the suite turns them off), as in every user's run; programs
-  compiled without them are dropped from JAX's caches before and after (the persistent cache keys on them)."""
+  compiled without them are dropped from JAX's caches before and after (the persistent cache keys on them). The code
+  generator stays the suite's (XLA_FLAGS is read once per process; see above)."""
   before = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", False)
   jax.clear_caches()

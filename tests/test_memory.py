@@ -14,7 +14,7 @@ import pytest
 from jaxae import loop, losses, memory, models, objective, parallel, train
 from jaxae.errors import UserError
 from jaxae.run import Components
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, tiny_config, xla_flags
 
 
 def _encoder(key, d=10):
@@ -135,7 +135,7 @@ def test_chunked_penalty_keeps_the_batch_split_over_eight_devices(key):
   """examples_per_pass=n with 8 | n: no all-gather of the batch in the compiled penalty (the contiguous chunks
   of a plain lax.map over the split axis gather it), the gradient's all-reduce there, and the same value and
   gradient as the whole batch on one device (float64)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SCRIPT, str(int(key[-1]))], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]

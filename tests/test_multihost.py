@@ -14,7 +14,7 @@ import pytest
 
 from jaxae import metrics
 from jaxae.run import TrainedRun
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_flags
 from tests.test_main import CONFIG, idx_flags
 
 # Under pytest-xdist, one worker runs the tests that open ports ("ports": these, and test_data's reachable test) one
@@ -31,7 +31,7 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))}
-  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  return {**env, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(devices),
           "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", **extra}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from jaxae import parallel
 from jaxae.errors import UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, xla_flags
 
 SCRIPT = r'''
 import json, sys
@@ -84,7 +84,7 @@ print("RESULT " + json.dumps(out))
 
 
 def test_eight_devices_match_one_device_and_refuse_uneven_batches(idx_dir, tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SCRIPT, idx_dir, str(tmp_path)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
