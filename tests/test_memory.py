@@ -34,13 +34,13 @@ def test_chunked_penalty_and_its_gradient_match_a_plain_loop(x64, key, mode):
   model, params = _encoder(key)
   x = jax.random.normal(jax.random.fold_in(key, 1), (12, 10), jnp.float64)
   mean_of = lambda f: (lambda p: jnp.mean(f(train.bind_encode(model, p))))
-  want, want_grad = jax.value_and_grad(mean_of(lambda enc: _loop_sq_norm(enc, x)))(params)
+  want, want_grad = jax.jit(jax.value_and_grad(mean_of(lambda enc: _loop_sq_norm(enc, x))))(params)
   per_example = _loop_sq_norm(train.bind_encode(model, params), x)
   for n in (0, 1, 3, 4, 5, 11, 12, 40):  # 5 and 11 do not divide 12: padded, the copies dropped
-    got = losses.jacobian_sq_norm(train.bind_encode(model, params), x, mode=mode, examples_per_pass=n)
+    penalty = lambda enc, n=n: losses.jacobian_sq_norm(enc, x, mode=mode, examples_per_pass=n)
+    got = jax.jit(lambda p, penalty=penalty: penalty(train.bind_encode(model, p)))(params)  # as a train step runs it
     np.testing.assert_allclose(got, per_example, rtol=1e-12, err_msg=f"examples_per_pass={n}")
-    value, grad = jax.value_and_grad(mean_of(
-        lambda enc: losses.jacobian_sq_norm(enc, x, mode=mode, examples_per_pass=n)))(params)
+    value, grad = jax.jit(jax.value_and_grad(mean_of(penalty)))(params)
     np.testing.assert_allclose(value, want, rtol=1e-12)
     for g, w in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(want_grad)):
       np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-14, err_msg=f"examples_per_pass={n}")
