@@ -38,7 +38,8 @@ flags.DEFINE_list("pca", [], "Workdirs of dense AEs with a linear code, compared
 flags.DEFINE_list("anomaly", [], "Workdirs trained on digits 0-8 (experiments/configs/anomaly.py).")
 flags.DEFINE_list("sparsity", [], "Workdirs whose codes are compared for sparsity on shared axes, and whether each "
                   "net copies noise as well as digits.")
-flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sparsity save their figures.")
+flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sparsity save their figures (--pca "
+                    "draws its own only when --out_dir is given).")
 flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
@@ -69,23 +70,39 @@ def probe_table(workdirs: list[str]) -> str:
   return markdown.table(["encoder", "code size", "training images", "probe test error %"], rows)
 
 
-def pca_table(workdirs: list[str]) -> str:
-  """Test reconstruction MSE per pixel and probe error: each AE against PCA with as many components."""
-  rows = []
+def pca_table(workdirs: list[str], out_dir: str = "") -> str:
+  """Test reconstruction MSE per pixel and probe error: each AE against PCA with as many components. With
+  `out_dir`, also draws each run's codes beside PCA's and one test digit of each class reconstructed by both
+  (ae_vs_pca.png for one run, ae_vs_pca_<run>.png for several)."""
+  rows, paths = [], []
   for workdir in tqdm(workdirs, desc="PCA comparison"):
     run = TrainedRun.open(workdir)
+    name = os.path.basename(workdir.rstrip("/"))
     tr, te = run.data.train, run.data.test
-    ae_mse = float(np.mean((run.reconstruct(te.x) - np.asarray(te.x)) ** 2))
+    ae_recon = np.asarray(run.reconstruct(te.x))
+    ae_mse = float(np.mean((ae_recon - np.asarray(te.x)) ** 2))
     train_codes, test_codes = _flat(run.encode(tr.x)), _flat(run.encode(te.x))
     k = test_codes.shape[-1]
     p = analysis.pca(np.asarray(tr.x), np.asarray(te.x), k)
     pca_mse = float(np.mean((p["test_recon"] - np.asarray(te.x, np.float64)) ** 2))
     ae_probe = analysis.linear_probe(train_codes, tr.labels, test_codes, te.labels)
     pca_probe = analysis.linear_probe(p["train_codes"], tr.labels, p["test_codes"], te.labels)
-    rows.append([k, os.path.basename(workdir.rstrip("/")), f"{ae_mse:.4f}", f"{pca_mse:.4f}", f"{pca_mse / ae_mse:.2f}",
+    rows.append([k, name, f"{ae_mse:.4f}", f"{pca_mse:.4f}", f"{pca_mse / ae_mse:.2f}",
                  f"{100 * ae_probe:.2f}", f"{100 * pca_probe:.2f}"])
-  return markdown.table(["code size", "AE run", "AE test MSE/pixel", "PCA test MSE/pixel", "PCA / AE",
-                         "AE probe error %", "PCA probe error %"], sorted(rows))
+    if out_dir:
+      labels = np.asarray(te.labels)
+      first = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]  # one test digit of each class
+      fig = figures.codes_against_pca(
+          {f"AE code ({name}, {k}-d): MSE/pixel {ae_mse:.4f}, probe error {100 * ae_probe:.1f}%": test_codes,
+           f"PCA, {k} components: MSE/pixel {pca_mse:.4f}, probe error {100 * pca_probe:.1f}%": p["test_codes"]},
+          labels, {"test digits": np.asarray(te.x)[first], "AE": ae_recon[first], "PCA": p["test_recon"][first]},
+          shape=run.data.image_shape, value_range=run.data.value_range)
+      os.makedirs(out_dir, exist_ok=True)
+      paths.append(os.path.join(out_dir, "ae_vs_pca.png" if len(workdirs) == 1 else f"ae_vs_pca_{name}.png"))
+      fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+  table = markdown.table(["code size", "AE run", "AE test MSE/pixel", "PCA test MSE/pixel", "PCA / AE",
+                          "AE probe error %", "PCA probe error %"], sorted(rows))
+  return table + (f"\n\nFigures: {', '.join(paths)}" if paths else "")
 
 
 def anomaly_scores(workdir: str) -> dict[str, np.ndarray]:
@@ -287,7 +304,7 @@ def print_tables() -> None:
   if FLAGS.probe:
     print(probe_table(FLAGS.probe), end="\n\n")
   if FLAGS.pca:
-    print(pca_table(FLAGS.pca), end="\n\n")
+    print(pca_table(FLAGS.pca, FLAGS.out_dir if FLAGS["out_dir"].present else ""), end="\n\n")
   if FLAGS.anomaly:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
   if FLAGS.sparsity:

@@ -64,7 +64,7 @@ class Drawing:
   """One drawing step: `tool` over `runs` draws the PNGs of `figures` (name -> what it shows) into docs/figures/`folder`."""
   folder: str
   system: str
-  tool: str  # "report", "vae_report", "cae_analysis", "anomaly" or "sparsity"
+  tool: str  # "report", "vae_report", "cae_analysis", "anomaly", "sparsity" or "pca"
   runs: tuple[Run, ...]
   figures: dict[str, str]
   legacy: str  # where the PNGs in the repository came from before this command drew them
@@ -83,6 +83,8 @@ class Drawing:
     if self.tool == "cae_analysis":
       pairs = ",".join(f"{label}:{d}" for label, d in zip(self.labels, dirs))
       return ["python", "-m", "experiments.cae_analysis", f"--runs={pairs}", f"--out={out}", *self.args]
+    if self.tool == "pca":
+      return ["python", "-m", "experiments.compare", f"--pca={','.join(dirs)}", f"--out_dir={out}", *self.args]
     if self.tool == "sparsity":
       return ["python", "-m", "experiments.compare", f"--sparsity={','.join(dirs)}", f"--out_dir={out}", *self.args]
     return ["python", "-m", "experiments.compare", f"--anomaly={','.join(dirs)}", f"--out_dir={out}", *self.args]
@@ -112,6 +114,11 @@ MANIFEST: tuple[Drawing, ...] = (
     Drawing("s1", "S1", "report", (S1,), {
         "codes_3d.png": "The 3-d codes of the 10,000 test digits (h1, h2, h3), coloured by label (not used in training)",
         "reconstructions.png": RECON, "loss_curves.png": LOSS}, OLD.format("97f0498 (loss curves 26b2fca)")),
+    Drawing("s1", "S1", "pca", (S1,), {
+        "ae_vs_pca.png": "The 10,000 test codes of the AE (h1, h2 of its 3) and of PCA with 3 components fitted on the "
+                         "training digits (first two), coloured by label, over one test digit of each class and both "
+                         "reconstructions; titles: test MSE per pixel and linear-probe error"},
+        "new in this command; no earlier PNG", name="s1_pca"),
     Drawing("s2_l1", "S2", "report", (S2["l1"],), {
         "code_activity.png": ACTIVITY + "; L1 penalty 1e-3", "reconstructions.png": RECON + "; L1 penalty",
         "loss_curves.png": LOSS + " (squared error, L1)"}, OLD.format("34a9455")),

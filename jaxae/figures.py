@@ -319,6 +319,38 @@ def sparsity_comparison(codes: dict[str, np.ndarray], *, threshold: float = 0.01
   return fig
 
 
+def codes_against_pca(codes: dict[str, np.ndarray], labels: np.ndarray, rows: dict[str, np.ndarray], *,
+                      shape: Sequence[int], value_range: tuple[float, float] = (0.0, 1.0)):
+  """Codes of two encoders side by side (name -> [N, K], their first two coordinates drawn, coloured by label [N];
+  each panel's axes span the 0.5-99.5 percentiles) over rows of images (name -> [n, prod(shape)]: test digits and
+  each encoder's reconstructions), for the AE against PCA of the same size."""
+  fig = plt.figure(figsize=(11, 5.4 + 0.95 * len(rows)))
+  grid = fig.add_gridspec(2, len(codes), height_ratios=[5.0, 0.95 * len(rows)], hspace=0.25)
+  cmap = plt.get_cmap("tab10")
+  for i, (name, h) in enumerate(codes.items()):
+    ax = fig.add_subplot(grid[0, i])
+    h = np.asarray(h, np.float64)
+    for c, label in enumerate(np.unique(labels)):
+      pts = h[labels == label]
+      ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color=cmap(c % cmap.N), label=str(label), rasterized=True)
+    lo, hi = np.percentile(h[:, :2], [0.5, 99.5], axis=0)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("coordinate 1")
+    ax.set_ylabel("coordinate 2")
+    if i == len(codes) - 1:
+      ax.legend(title="label", markerscale=5, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+  inner = grid[1, :].subgridspec(len(rows), 1, hspace=0.08)
+  n = next(iter(rows.values())).shape[0]
+  for r, (title, images) in enumerate(rows.items()):
+    ax = fig.add_subplot(inner[r, 0])
+    _show_mosaic(ax, mosaic(images, cols=n, shape=shape, value_range=value_range), value_range)
+    ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=9)
+  fig.subplots_adjust(left=0.2, right=0.88, top=0.95, bottom=0.02)
+  return fig
+
+
 def score_histograms(scores: dict[str, dict[str, np.ndarray]], *, bins: int = 60):
   """One panel per model: histograms of its anomaly scores for each set of inputs (each normalised to
   unit area, its size in the legend), on a log-spaced axis per panel. scores: model -> set name -> [N] scores (positive)."""

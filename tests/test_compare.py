@@ -43,8 +43,9 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
   rows = _rows(compare.probe_table(workdirs[:1]))
   assert rows[0][0].startswith("pixels") and rows[1][0] == "ae" and rows[1][1] == "3"
   assert all(0 <= float(r[3]) <= 100 for r in rows)
-  rows = _rows(compare.pca_table(workdirs[:1]))
+  rows = _rows(compare.pca_table(workdirs[:1], str(tmp_path / "fig")))
   assert rows[0][0] == "3" and float(rows[0][2]) > 0 and float(rows[0][3]) > 0
+  assert os.path.getsize(tmp_path / "fig" / "ae_vs_pca.png") > 10_000
   # Sparsity and the copy test: the shares are percentages, the digits (what it learnt) come back better than noise.
   rows = _rows(compare.sparsity_table(workdirs[:1], str(tmp_path / "fig")))
   assert rows[0][0] == "ae" and rows[0][1] == "3" and 0 <= float(rows[0][2]) <= float(rows[0][3]) <= 100
