@@ -135,7 +135,10 @@ MANIFEST: tuple[Drawing, ...] = (
     Drawing("s3_bernoulli", "S3", "vae_report", (S3B,), {
         "prior_samples.png": "64 decoded samples z ~ N(0, I) from the prior (Bernoulli decoder, its mean image)",
         "interpolation.png": "Decoded straight lines between the posterior means of two test digits (0-1, 2-3, 4-9, "
-                             "5-6, 7-8)"}, OLD.format("34a9455"), args=("--num_samples=0", "--pairs=0-1,2-3,4-9,5-6,7-8")),
+                             "5-6, 7-8)",
+        "traversals.png": "The first test 3's posterior mean with one latent at a time set to -3..3 (columns), for "
+                          "the 8 latents with the most KL over the test set (row titles: KL in nats)"},
+        OLD.format("34a9455"), args=("--num_samples=0", "--pairs=0-1,2-3,4-9,5-6,7-8")),
     Drawing("s3_seed", "S3", "vae_report", (S3S,), {
         "reconstructions_by_epoch.png": "The same test digits reconstructed from the checkpoint kept every 10 epochs",
         "prior_samples.png": "64 decoded samples from the prior (tanh decoder, pixels in [-1, 1])",

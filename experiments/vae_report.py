@@ -1,5 +1,6 @@
-"""A trained VAE's figures and numbers: prior samples, latent interpolations, reconstructions at every kept
-checkpoint, and the importance-weighted bound on the test log-likelihood (Bernoulli decoders).
+"""A trained VAE's figures and numbers: prior samples, latent interpolations, latent traversals (the latents with the
+most KL; the active ones counted), reconstructions at every kept checkpoint, and the importance-weighted bound on
+the test log-likelihood (Bernoulli decoders).
 
   python -m experiments.vae_report --workdir runs/s3_bernoulli --num_samples 5000 [--figures_dir DIR] \
       [--pairs=0-1,2-3,4-9,5-6,7-8] [--binarize] [--test_examples N]
@@ -44,7 +45,8 @@ def binarized(key: jax.Array, x: jax.Array, value_range: tuple[float, float]) ->
 
 
 def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test_examples: int = 0,
-           seed: int = 0, pairs: list[tuple[int, int]] | None = None, binarize: bool = False) -> dict[str, float]:
+           seed: int = 0, pairs: list[tuple[int, int]] | None = None, binarize: bool = False,
+           traversal_latents: int = 8) -> dict[str, float]:
   """Writes the figures, prints the numbers and returns them ("test_loss", and "iwae_nll" when computed; with
   `binarize`, the bound is on dynamically binarised test digits, one draw per digit from `seed`)."""
   run = TrainedRun.open(workdir)
@@ -82,6 +84,26 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
                             value_range=value_range,
                             title="Decoded straight lines between the posterior means of two test examples"),
          "interpolation.png")
+    # Latent traversals: one test digit's posterior mean with one latent at a time swept over -3..3 (prior sd), for
+    # the latents that carry the most KL over the test set; a latent whose posterior mean never moves from digit to
+    # digit (variance of E[z_j | x] below 0.01, Burda et al. 2016) is inactive and decodes to the same image.
+    post_mu, post_logvar = jax.jit(lambda p, x: model.apply({"params": p}, x, method="posterior"))(params, test.x)
+    post_mu, post_logvar = np.asarray(post_mu, np.float64), np.asarray(post_logvar, np.float64)
+    kl = np.mean(0.5 * (post_mu ** 2 + np.exp(post_logvar) - 1.0 - post_logvar), axis=0)  # [L] nats per latent
+    active = np.var(post_mu, axis=0) > 0.01
+    print(f"active latents (Var_x E[z_j | x] > 0.01): {int(active.sum())} of {latents}; KL per latent (nats): "
+          + " ".join(f"{v:.2f}" for v in kl))
+    shown = np.argsort(-kl)[:traversal_latents]
+    base = post_mu[first[classes[min(3, len(classes) - 1)]]]  # a 3 where there is one
+    values = np.linspace(-3.0, 3.0, 9)
+    rows = []
+    for j in shown:
+      zs = np.repeat(base[None], len(values), axis=0)
+      zs[:, j] = values
+      rows.append(run.data.images(decode(params, jnp.asarray(zs, test.x.dtype))))
+    save(figures.image_rows(rows, row_titles=[f"z{j + 1} (KL {kl[j]:.2f}{'' if active[j] else ', inactive'})"
+                                              for j in shown], shape=shape, value_range=value_range),
+         "traversals.png")
     kept = run.checkpoint_params()
     if len(kept) > 1:
       x = test.x[np.array(list(first.values()))]
