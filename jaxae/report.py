@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from jaxae import figures
+from jaxae import corruption, figures
 from jaxae.errors import UserError
 from jaxae.run import TrainedRun
 
@@ -68,7 +68,8 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
 
   save(figures.loss_curves(run.records(), title=f"Loss ({', '.join(config.loss)})"), "loss_curves.png")
   labels = np.asarray(test.labels)
-  x = np.asarray(test.x[one_per_class(labels, num_images)])
+  idx = one_per_class(labels, num_images)
+  x = np.asarray(test.x[idx])
   out = run.apply(x)
   save(figures.image_rows([show(x), show(out["recon"])], row_titles=["input", "recon"], shape=shape,
                           value_range=value_range), "reconstructions.png")
@@ -82,6 +83,22 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
     save(figures.image_rows([show(noisy), show(run.reconstruct(noisy)), show(x)],
                             row_titles=["noisy input", "cleaned", "clean"], shape=shape, value_range=value_range),
          "denoising.png")
+    options = config.corruption.options.to_dict()
+    if config.corruption.name == "gaussian" and options.get("std"):  # the denoiser at other noise levels
+      rows, titles, mse = [], [], {}
+      for std in (None, 0.5 * options["std"], options["std"], 1.5 * options["std"], 2.0 * options["std"]):
+        name = "clean input" if std is None else f"noise std {std:g}"
+        with run.precision():
+          inputs = np.asarray(test.x if std is None else
+                              corruption.build("gaussian", **{**options, "std": std})(jax.random.PRNGKey(1), test.x))
+        cleaned = np.asarray(run.reconstruct(inputs))
+        mse[name] = float(np.mean((cleaned - np.asarray(test.x)) ** 2))
+        rows += [show(inputs[idx]), show(cleaned[idx])]
+        titles += [name + (" (trained)" if std == options["std"] else ""), f"cleaned, MSE {mse[name]:.4f}"]
+      if verbose:
+        print("denoised test MSE per pixel against the clean digits: "
+              + ", ".join(f"{k}: {v:.5f}" for k, v in mse.items()))
+      save(figures.image_rows(rows, row_titles=titles, shape=shape, value_range=value_range), "denoising_levels.png")
   codes = run.encode(test.x, batch_size=500).reshape(test.x.shape[0], -1)
   kernel = input_filters(run.params, data.size)
   if kernel is not None:

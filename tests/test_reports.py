@@ -46,3 +46,23 @@ def test_code_interpretation_sets_one_dimension_to_its_maximum():
   mean, top = codes.mean(0), codes.max(0)
   for i in range(3):
     np.testing.assert_allclose(got[i], np.where(np.arange(3) == i, top, mean))
+
+
+def test_a_denoisers_figures_show_it_at_several_noise_levels(idx_dir, tmp_path, capsys):
+  """S4's denoiser (x + N(0.5, 0.5), clipped): denoising.png at its own noise, denoising_levels.png on clean inputs
+  and at half, once, 1.5 and twice its noise std, each level's denoised MSE against the clean digits printed."""
+  from experiments.configs import keras  # pylint: disable=g-import-not-at-top
+  from jaxae.run import TrainedRun  # pylint: disable=g-import-not-at-top
+  config = keras.get_config("denoise,smoke")
+  config.data.source, config.data.data_dir = "idx", idx_dir
+  config.data.train_subset, config.data.test_subset = 128, 20
+  config.model.kwargs.encoder_features, config.model.kwargs.decoder_features = (16, 8), (16, 784)
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir)
+  paths = report.make_figures(TrainedRun.open(workdir), out_dir=str(tmp_path / "fig"))
+  assert {"denoising.png", "denoising_levels.png"} <= {os.path.basename(p) for p in paths}, paths
+  line, = [l for l in capsys.readouterr().out.splitlines() if l.startswith("denoised test MSE per pixel")]
+  levels = [part.split(": ") for part in line.split("clean digits: ")[1].split(", ")]
+  assert [name for name, _ in levels] == ["clean input", "noise std 0.25", "noise std 0.5", "noise std 0.75",
+                                          "noise std 1"], line
+  assert all(0 < float(v) < 1 for _, v in levels), line
