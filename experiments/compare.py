@@ -4,11 +4,12 @@ r"""Comparison tables as Markdown, read from finished workdirs; the README's tab
   python -m experiments.compare --probe runs/s1,runs/s5,...             # linear probe of each encoder's codes
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
+  python -m experiments.compare --recon runs/s4_dense,runs/s4_deep --out_dir DIR  # the same digits, one row per run
   python -m experiments.compare --sweep runs/cae_sweep [--metric all] [--rows_json PATH]  # mean, 95% t per setting
   python -m experiments.compare --paired runs/cae/base --paired runs/dae/base [--metric test/loss]  # A - B, same seeds
 
-Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir; --rows_json
-writes the rows of --sweep and --paired.
+Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir, --recon draws
+reconstructions_compared.png there; --rows_json writes the rows of --sweep and --paired.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from experiments import markdown
 from experiments.cli import start_command
 from experiments.rifai.tables import rifai_tables
-from jaxae import analysis, figures, stats, sweep
+from jaxae import analysis, figures, report, stats, sweep
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
 from jaxae.run import TrainedRun
@@ -40,6 +41,8 @@ flags.DEFINE_list("sparsity", [], "Workdirs whose codes are compared for sparsit
                   "net copies noise as well as digits.")
 flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sparsity save their figures (--pca "
                     "draws its own only when --out_dir is given).")
+flags.DEFINE_list("recon", [], "Workdirs of one dataset: the same test digits reconstructed by each, one row per run "
+                  "(reconstructions_compared.png in --out_dir).")
 flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
@@ -159,6 +162,32 @@ def sparsity_table(workdirs: list[str], out_dir: str) -> str:
   return (markdown.table(["run", "code units", "\\|h\\| < 0.01 (%)", "\\|h\\| < 0.1 (%)", "mean \\|h\\|",
                           "units with mean \\|h\\| < 0.01", "MSE per pixel, test digits", "MSE per pixel, uniform noise"],
                          rows) + f"\n\nFigure: {path}")
+
+
+def reconstructions_figure(workdirs: list[str], out_dir: str) -> str:
+  """The same test digits (one per class) reconstructed by each run, one row per run under the inputs, each row
+  titled with the run's name and its squared error per pixel over the clean test set: nets of one dataset side by
+  side. Returns the PNG's path."""
+  rows, titles, shape = [], ["test digits"], None
+  for workdir in tqdm(workdirs, desc="reconstructions"):
+    run = TrainedRun.open(workdir)
+    if shape is not None and run.data.image_shape != shape:
+      raise UserError(f"--recon: {workdir!r} holds images of shape {run.data.image_shape}, the first run "
+                      f"{shape}; give runs of one dataset.")
+    shape, labels = run.data.image_shape, np.asarray(run.data.test.labels)
+    idx = report.one_per_class(labels, 10)
+    if not rows:
+      rows.append(run.data.images(np.asarray(run.data.test.x)[idx]))
+    recon = np.asarray(run.reconstruct(run.data.test.x))
+    rows.append(run.data.images(recon[idx]))
+    mse = float(np.mean((recon - np.asarray(run.data.test.x)) ** 2))  # clean inputs for every net, the denoiser's too
+    titles.append(f"{os.path.basename(workdir.rstrip('/'))}: MSE/pixel {mse:.4f}")
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "reconstructions_compared.png")
+  fig = figures.image_rows(rows, row_titles=titles, shape=shape, value_range=run.data.value_range)
+  fig.savefig(path, dpi=100)
+  figures.plt.close(fig)
+  return path
 
 
 NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
@@ -295,8 +324,10 @@ def _metric_flag() -> str:
 
 def print_tables() -> None:
   """Prints the tables the flags ask for (and writes --rows_json)."""
-  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sparsity or FLAGS.sweep or FLAGS.paired):
-    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sparsity, --sweep, --paired.")
+  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sparsity or FLAGS.recon or FLAGS.sweep
+          or FLAGS.paired):
+    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sparsity, --recon, --sweep, "
+                         "--paired.")
   if FLAGS.paired and len(FLAGS.paired) != 2:
     raise app.UsageError("Give --paired twice: --paired ROOT_A/SETTING_A --paired ROOT_B/SETTING_B.")
   if FLAGS.rifai:
@@ -309,6 +340,8 @@ def print_tables() -> None:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
   if FLAGS.sparsity:
     print(sparsity_table(FLAGS.sparsity, FLAGS.out_dir), end="\n\n")
+  if FLAGS.recon:
+    print(f"Figure: {reconstructions_figure(FLAGS.recon, FLAGS.out_dir)}", end="\n\n")
   out = {}
   if FLAGS.sweep:
     out["sweep"], missing = sweep_rows(FLAGS.sweep, _metric_flag())

@@ -64,7 +64,7 @@ class Drawing:
   """One drawing step: `tool` over `runs` draws the PNGs of `figures` (name -> what it shows) into docs/figures/`folder`."""
   folder: str
   system: str
-  tool: str  # "report", "vae_report", "cae_analysis", "anomaly", "sparsity" or "pca"
+  tool: str  # "report", "vae_report", "cae_analysis", "anomaly", "sparsity", "pca", "seeds" or "recon"
   runs: tuple[Run, ...]
   figures: dict[str, str]
   legacy: str  # where the PNGs in the repository came from before this command drew them
@@ -83,6 +83,10 @@ class Drawing:
     if self.tool == "cae_analysis":
       pairs = ",".join(f"{label}:{d}" for label, d in zip(self.labels, dirs))
       return ["python", "-m", "experiments.cae_analysis", f"--runs={pairs}", f"--out={out}", *self.args]
+    if self.tool == "recon":
+      return ["python", "-m", "experiments.compare", f"--recon={','.join(dirs)}", f"--out_dir={out}", *self.args]
+    if self.tool == "seeds":
+      return ["python", "-m", "experiments.report", f"--seeds={','.join(dirs)}", f"--figures_dir={out}", *self.args]
     if self.tool == "pca":
       return ["python", "-m", "experiments.compare", f"--pca={','.join(dirs)}", f"--out_dir={out}", *self.args]
     if self.tool == "sparsity":
@@ -98,6 +102,8 @@ S2 = {p: Run(f"s2_{p}", f"sparse.py:{p}", 10, m) for p, m in (("l1", 2.4), ("kl"
 S3B, S3S = Run("s3_bernoulli", "vae.py:bernoulli", 10, 1.7), Run("s3_seed", "vae.py:seed", 100, 7.8)
 S4 = {v: Run(f"s4_{v}", f"keras.py:{v}", e, m) for v, e, m in
       (("dense", 50, 2.2), ("deep", 100, 4.3), ("conv", 50, 252.0), ("denoise", 100, 6.6), ("sparse", 100, 2.9))}
+SEEDS = {r.name: tuple(dataclasses.replace(r, name=f"{r.name}_seed{k}", seed=k) for k in (1, 2))
+         for r in (S1, S3B, S4["dense"])}  # seeds 1 and 2 beside each seed-0 run: curves over three seeds
 IDX = "reads the MNIST IDX files: set JAXAE_IDX_DIR"
 S5 = {v: Run(n, f"cae_theano.py:{v}", 20, 2.5, note=IDX) for v, n in (("cae", "s5"), ("ae", "s5_ae"), ("ae_wd", "s5_ae_wd"),
                                                             ("dae", "s5_dae"))}
@@ -107,6 +113,8 @@ OLD = "drawn at commit {} from a run of the same config and seed, whose workdir 
 LOSS = "Train and test loss per epoch (log scale), and each loss term in a panel of its own when there are several"
 RECON = "One test digit of each class (first in the test set) over its reconstruction"
 ACTIVITY = "Mean |h_j| over the test set of each code unit, units sorted from the most to the least active"
+SEED_CURVES = ("Train and test loss per epoch over seeds 0, 1 and 2: the mean, in a band from the lowest to the "
+               "highest seed (log scale); each loss term unweighted in a panel of its own when there are several")
 INTERPRET = ("The mean test code with one dimension at a time set to its maximum over the test set, decoded (one "
              "panel per code unit)")
 
@@ -119,6 +127,8 @@ MANIFEST: tuple[Drawing, ...] = (
                          "training digits (first two), coloured by label, over one test digit of each class and both "
                          "reconstructions; titles: test MSE per pixel and linear-probe error"},
         "new in this command; no earlier PNG", name="s1_pca"),
+    Drawing("s1", "S1", "seeds", (S1, *SEEDS["s1"]), {"loss_curves_over_seeds.png": SEED_CURVES},
+            "new in this command; no earlier PNG", name="s1_seeds"),
     Drawing("s2_l1", "S2", "report", (S2["l1"],), {
         "code_activity.png": ACTIVITY + "; L1 penalty 1e-3", "reconstructions.png": RECON + "; L1 penalty",
         "loss_curves.png": LOSS + " (squared error, L1)"}, OLD.format("34a9455")),
@@ -139,6 +149,8 @@ MANIFEST: tuple[Drawing, ...] = (
         "traversals.png": "The first test 3's posterior mean with one latent at a time set to -3..3 (columns), for "
                           "the 8 latents with the most KL over the test set (row titles: KL in nats)"},
         OLD.format("34a9455"), args=("--num_samples=0", "--pairs=0-1,2-3,4-9,5-6,7-8")),
+    Drawing("s3_bernoulli", "S3", "seeds", (S3B, *SEEDS["s3_bernoulli"]), {"loss_curves_over_seeds.png": SEED_CURVES},
+            "new in this command; no earlier PNG", name="s3_bernoulli_seeds"),
     Drawing("s3_seed", "S3", "vae_report", (S3S,), {
         "reconstructions_by_epoch.png": "The same test digits reconstructed from the checkpoint kept every 10 epochs",
         "prior_samples.png": "64 decoded samples from the prior (tanh decoder, pixels in [-1, 1])",
@@ -147,6 +159,13 @@ MANIFEST: tuple[Drawing, ...] = (
     Drawing("s4_dense", "S4", "report", (S4["dense"],), {
         "code_interpretation.png": INTERPRET, "reconstructions.png": RECON,
         "code_activity.png": ACTIVITY + " (all 49 active)", "loss_curves.png": LOSS}, OLD.format("34a9455")),
+    Drawing("s4_dense", "S4", "seeds", (S4["dense"], *SEEDS["s4_dense"]), {"loss_curves_over_seeds.png": SEED_CURVES},
+            "new in this command; no earlier PNG", name="s4_dense_seeds"),
+    Drawing("s4", "S4", "recon", (S4["dense"], S4["deep"], S4["sparse"], S4["denoise"]), {
+        "reconstructions_compared.png": "One test digit of each class reconstructed by the dense, deep, sparse and "
+                                        "denoising nets, every net fed the clean digit; row titles: squared error "
+                                        "per pixel over the 10,000 clean test digits"},
+        "new in this command; no earlier PNG", name="s4_compared"),
     Drawing("s4_deep", "S4", "report", (S4["deep"],), {
         "code_activity.png": ACTIVITY + " (the ReLU units near zero are dead)",
         "code_interpretation.png": INTERPRET + " (a dead unit's panel is the mean digit)", "loss_curves.png": LOSS},
@@ -156,8 +175,11 @@ MANIFEST: tuple[Drawing, ...] = (
         "code_interpretation.png": INTERPRET}, OLD.format("f414cd0 (after 50 epochs resumed over four sessions)")),
     Drawing("s4_denoise", "S4", "report", (S4["denoise"],), {
         "denoising.png": "Noisy test digits (x + N(0.5, 0.5), clipped), the denoiser's output, and the clean digits",
-        "loss_curves.png": LOSS + ". Train: noisy input, clean target; test: clean input and target (the run "
-                           "was logged before evaluation fed a denoiser noisy test inputs)"}, OLD.format("34a9455")),
+        "denoising_levels.png": "The denoiser on clean test digits and at noise std 0.25, 0.5 (its training noise), "
+                                "0.75 and 1 (mean 0.5 throughout, clipped), each over its output; row titles: MSE per "
+                                "pixel against the clean digits over the whole test set",
+        "loss_curves.png": LOSS + ". Both curves noisy input, clean target (test: the test digits with the "
+                           "training noise)"}, OLD.format("34a9455")),
     Drawing("s4_sparse", "S4", "report", (S4["sparse"],), {"code_activity.png": ACTIVITY + "; L1 penalty 1e-4"},
             OLD.format("34a9455")),
     Drawing("s5", "S5", "report", (S5["cae"],), {

@@ -2,6 +2,7 @@
 
   python -m experiments.report --workdir runs/s1 [--figures_dir DIR]
   python -m experiments.report --sweep runs/study/s1 [--figures_dir DIR]   # loss curves over the seeds, per setting
+  python -m experiments.report --seeds runs/s1,runs/s1_seed1,runs/s1_seed2 --figures_dir DIR  # the same, any workdirs
 
 The figures under docs/figures are drawn through this command by python -m experiments.figures, which names
 each one's run and caption.
@@ -57,10 +58,33 @@ def sweep_curves(root: str, out_dir: str = "") -> list[str]:
   return paths
 
 
+def seed_curves(workdirs: list[str], out_dir: str) -> str:
+  """The loss curves of runs of one config over their seeds (one workdir per seed), mean and band, drawn as
+  OUT/loss_curves_over_seeds.png; returns its path."""
+  by_seed, names = {}, []
+  for workdir in workdirs:
+    run = TrainedRun.open(workdir)
+    if run.config.seed in by_seed:
+      raise UserError(f"--seeds: {workdir!r} has seed {run.config.seed}, as another of the runs given; give one "
+                      "workdir per seed.")
+    by_seed[run.config.seed] = metrics.read_metrics(workdir)
+    names.append(os.path.basename(os.path.normpath(workdir)))
+  path = os.path.join(out_dir, "loss_curves_over_seeds.png")
+  os.makedirs(out_dir, exist_ok=True)
+  more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+  fig = figures.loss_curves_over_seeds(by_seed, title=f"{names[0]}{more}: seeds {', '.join(map(str, by_seed))}")
+  fig.savefig(path, dpi=110)
+  figures.plt.close(fig)
+  return path
+
+
 @one_line_errors
 def main(argv):
   del argv
   start_command()  # Orbax logs every restore at INFO
+  if flags.FLAGS.seeds:
+    print(seed_curves(flags.FLAGS.seeds, flags.FLAGS.figures_dir or "."))
+    return
   if flags.FLAGS.sweep:
     for path in sweep_curves(flags.FLAGS.sweep, flags.FLAGS.figures_dir):
       print(path)
@@ -76,6 +100,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "Folder of a run.")
   flags.DEFINE_string("sweep", None, "Instead: a sweep's root (experiments.sweep --root); draws each setting's loss "
                       "curves over its seeds, mean and band, into FIGURES_DIR (default ROOT/figures).")
-  flags.mark_flags_as_mutual_exclusive(["workdir", "sweep"], required=True)
+  flags.DEFINE_list("seeds", None, "Instead: workdirs of one config trained with different seeds; draws their loss "
+                    "curves over the seeds, mean and band, into FIGURES_DIR/loss_curves_over_seeds.png.")
+  flags.mark_flags_as_mutual_exclusive(["workdir", "sweep", "seeds"], required=True)
   flags.DEFINE_string("figures_dir", "", "Where to write the PNGs (default: WORKDIR/figures).")
   app.run(main)

@@ -1,6 +1,6 @@
 """A trained VAE's figures and numbers: prior samples, latent interpolations, latent traversals (the latents with the
-most KL; the active ones counted), reconstructions at every kept checkpoint, and the importance-weighted bound on
-the test log-likelihood (Bernoulli decoders).
+most KL; the active ones counted), reconstructions and active latents at every kept checkpoint, and the
+importance-weighted bound on the test log-likelihood (Bernoulli decoders).
 
   python -m experiments.vae_report --workdir runs/s3_bernoulli --num_samples 5000 [--figures_dir DIR] \
       [--pairs=0-1,2-3,4-9,5-6,7-8] [--binarize] [--test_examples N]
@@ -42,6 +42,13 @@ def binarized(key: jax.Array, x: jax.Array, value_range: tuple[float, float]) ->
   lo, hi = value_range
   on = jax.random.bernoulli(key, jnp.clip((x - lo) / (hi - lo), 0.0, 1.0))
   return jnp.where(on, hi, lo).astype(x.dtype)
+
+
+def latent_usage(posterior, params, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(posterior means [N, L], KL per latent [L] in nats averaged over x, which latents are active [L]): a latent is
+  active when its posterior mean moves from example to example, Var_x E[z_j | x] > 0.01 (Burda et al. 2016)."""
+  mu, logvar = (np.asarray(v, np.float64) for v in posterior(params, x))
+  return mu, np.mean(0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar), axis=0), np.var(mu, axis=0) > 0.01
 
 
 def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test_examples: int = 0,
@@ -87,10 +94,8 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
     # Latent traversals: one test digit's posterior mean with one latent at a time swept over -3..3 (prior sd), for
     # the latents that carry the most KL over the test set; a latent whose posterior mean never moves from digit to
     # digit (variance of E[z_j | x] below 0.01, Burda et al. 2016) is inactive and decodes to the same image.
-    post_mu, post_logvar = jax.jit(lambda p, x: model.apply({"params": p}, x, method="posterior"))(params, test.x)
-    post_mu, post_logvar = np.asarray(post_mu, np.float64), np.asarray(post_logvar, np.float64)
-    kl = np.mean(0.5 * (post_mu ** 2 + np.exp(post_logvar) - 1.0 - post_logvar), axis=0)  # [L] nats per latent
-    active = np.var(post_mu, axis=0) > 0.01
+    posterior = jax.jit(lambda p, x: model.apply({"params": p}, x, method="posterior"))
+    post_mu, kl, active = latent_usage(posterior, params, test.x)
     print(f"active latents (Var_x E[z_j | x] > 0.01): {int(active.sum())} of {latents}; KL per latent (nats): "
           + " ".join(f"{v:.2f}" for v in kl))
     shown = np.argsort(-kl)[:traversal_latents]
@@ -111,6 +116,12 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
       rows = [run.data.images(x)] + [run.data.images(decode(p, mu(p, x))) for p in kept.values()]
       save(figures.image_rows(rows, row_titles=["input"] + [f"epoch {s // steps_per_epoch}" for s in kept],
                               shape=shape, value_range=value_range), "reconstructions_by_epoch.png")
+      records = metrics.read_metrics(workdir)
+      usage = {s // steps_per_epoch: latent_usage(posterior, p, test.x) for s, p in kept.items()}
+      save(figures.latents_by_epoch(
+          {"test -ELBO": ([r["epoch"] for r in records], [r["test/loss"] for r in records]),
+           "test KL": ([r["epoch"] for r in records], [r["test/vae_kl"] for r in records])},
+          {e: int(u[2].sum()) for e, u in usage.items()}, latents), "latents_by_epoch.png")
 
   last = metrics.read_metrics(workdir)[-1]
   numbers = {"test_loss": last["test/loss"]}

@@ -166,7 +166,32 @@ def loss_curves_over_seeds(records_by_seed: dict[int, Sequence[dict]], *, title:
     ax.set_title(label)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-  fig.suptitle(f"{title} (bands: lowest to highest seed)")
+  fig.suptitle(f"{title}\n(bands: lowest to highest seed)", fontsize=11)
+  fig.tight_layout()
+  return fig
+
+
+def latents_by_epoch(curves: dict[str, tuple[Sequence[int], Sequence[float]]], active: dict[int, int],
+                     latents: int):
+  """A VAE over training: per-epoch curves (name -> (epochs, values), e.g. the test -ELBO and KL; left, log y)
+  and the number of active latents at each kept checkpoint (epoch -> count, of `latents`; right)."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+  for name, (x, y) in curves.items():
+    left.plot(x, y, marker="o", ms=2, label=name)
+  left.set_yscale("log")
+  left.set_xlabel("epoch")
+  left.set_ylabel("nats per example")
+  left.grid(True, which="both", alpha=0.3)
+  left.legend()
+  epochs = sorted(active)
+  right.plot(epochs, [active[e] for e in epochs], marker="o")
+  right.set_ylim(0, latents + 0.5)
+  right.set_xlabel("epoch (kept checkpoints)")
+  right.set_ylabel(f"active latents (of {latents})")
+  right.set_title("Var over test digits of E[z_j | x] > 0.01", fontsize=10)
+  right.grid(True, alpha=0.3)
+  for ax in (left, right):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   fig.tight_layout()
   return fig
 

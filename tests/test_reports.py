@@ -19,7 +19,7 @@ def test_vae_report_figures_and_iwae_bound(idx_dir, tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(config, workdir)
   numbers = vae_report.report(workdir, figures_dir=str(tmp_path / "fig"), num_samples=50)
-  assert sorted(os.listdir(tmp_path / "fig")) == ["interpolation.png", "prior_samples.png",
+  assert sorted(os.listdir(tmp_path / "fig")) == ["interpolation.png", "latents_by_epoch.png", "prior_samples.png",
                                                   "reconstructions_by_epoch.png", "traversals.png"]
   assert numbers["test_loss"] == metrics.read_metrics(workdir)[-1]["test/loss"]
   # The bound on -log p(x) lies below the negative ELBO (a sampled estimate, so allow a little).

@@ -59,6 +59,16 @@ def test_report_draws_each_settings_curves_over_its_seeds(finished, tmp_path):
   assert band.min() == pytest.approx(min(lows))
 
 
+def test_report_seeds_draws_the_curves_of_any_workdirs_one_per_seed(finished, tmp_path):
+  """`report --seeds DIR,...` (the figures command's curves over seeds): the workdirs' seeds, each once."""
+  root = finished[0]
+  dirs = [os.path.join(root, "optimizer.learning_rate=0.01", f"seed={seed}") for seed in (0, 1)]
+  path = report.seed_curves(dirs, str(tmp_path / "fig"))
+  assert path == str(tmp_path / "fig" / "loss_curves_over_seeds.png") and os.path.getsize(path) > 10_000
+  with pytest.raises(UserError, match="has seed 0, as another of the runs given; give one workdir per seed"):
+    report.seed_curves([dirs[0], dirs[0]], str(tmp_path / "fig"))
+
+
 def test_a_sweep_runs_every_setting_and_seed_into_its_folder(finished):
   root, lines, reads = finished
   assert [line.split(":")[0] for line in lines] == [f"[{i + 1}/4] {n} seed={s}" for i, (n, s) in
