@@ -5,11 +5,13 @@ r"""Comparison tables as Markdown, read from finished workdirs; the README's tab
   python -m experiments.compare --pca runs/s1,runs/s1_code12,...        # AE against PCA at the same code size
   python -m experiments.compare --anomaly runs/anomaly_ae,...,runs/anomaly_vae --out_dir docs/figures/anomaly
   python -m experiments.compare --recon runs/s4_dense,runs/s4_deep --out_dir DIR  # the same digits, one row per run
+  python -m experiments.compare --filters runs/s5_ae,runs/s5 --out_dir DIR        # first-layer filters side by side
   python -m experiments.compare --sweep runs/cae_sweep [--metric all] [--rows_json PATH]  # mean, 95% t per setting
   python -m experiments.compare --paired runs/cae/base --paired runs/dae/base [--metric test/loss]  # A - B, same seeds
 
-Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir, --recon draws
-reconstructions_compared.png there; --rows_json writes the rows of --sweep and --paired.
+Each flag prints its table; --anomaly also saves the score histograms (scores.png) in --out_dir, --recon and
+--filters draw reconstructions_compared.png and filters_compared.png there; --rows_json writes the rows of --sweep
+and --paired.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sp
                     "draws its own only when --out_dir is given).")
 flags.DEFINE_list("recon", [], "Workdirs of one dataset: the same test digits reconstructed by each, one row per run "
                   "(reconstructions_compared.png in --out_dir).")
+flags.DEFINE_list("filters", [], "Workdirs (or LABEL:DIR) of dense or tied nets of one dataset: their first 100 "
+                  "input filters side by side (filters_compared.png in --out_dir).")
 flags.DEFINE_string("sweep", "", "Root of an experiments.sweep: each setting's final metrics over its seeds.")
 flags.DEFINE_multi_string("paired", [], "Two setting folders (ROOT/<setting> of one sweep or two), given twice: "
                           "the mean difference A - B over the seeds both finished, with its paired t-interval.")
@@ -190,6 +194,30 @@ def reconstructions_figure(workdirs: list[str], out_dir: str) -> str:
   return path
 
 
+def filters_figure(workdirs: list[str], out_dir: str) -> str:
+  """The first 100 input filters of each run's first layer, one panel per run (filters_compared.png in `out_dir`);
+  a workdir given as LABEL:DIR is titled LABEL. Returns the PNG's path."""
+  kernels, shape = {}, None
+  for given in workdirs:
+    label, _, workdir = given.rpartition(":") if ":" in given and not os.path.isdir(given) else ("", "", given)
+    run = TrainedRun.open(workdir)
+    kernel = report.input_filters(run.params, run.data.size)
+    if kernel is None:
+      raise UserError(f"--filters: {workdir!r} has no dense first layer reading the input (a convolutional model?); "
+                      "give dense or tied runs.")
+    if shape is not None and run.data.image_shape != shape:
+      raise UserError(f"--filters: {workdir!r} holds images of shape {run.data.image_shape}, the first run "
+                      f"{shape}; give runs of one dataset.")
+    shape = run.data.image_shape
+    kernels[f"{label or os.path.basename(workdir.rstrip('/'))} ({kernel.shape[1]} units)"] = kernel
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "filters_compared.png")
+  fig = figures.filters_side_by_side(kernels, shape=shape)
+  fig.savefig(path, dpi=100)
+  figures.plt.close(fig)
+  return path
+
+
 NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
 
 
@@ -324,10 +352,10 @@ def _metric_flag() -> str:
 
 def print_tables() -> None:
   """Prints the tables the flags ask for (and writes --rows_json)."""
-  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sparsity or FLAGS.recon or FLAGS.sweep
-          or FLAGS.paired):
-    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sparsity, --recon, --sweep, "
-                         "--paired.")
+  if not (FLAGS.rifai or FLAGS.probe or FLAGS.pca or FLAGS.anomaly or FLAGS.sparsity or FLAGS.recon or FLAGS.filters
+          or FLAGS.sweep or FLAGS.paired):
+    raise app.UsageError("Give at least one of --rifai, --probe, --pca, --anomaly, --sparsity, --recon, --filters, "
+                         "--sweep, --paired.")
   if FLAGS.paired and len(FLAGS.paired) != 2:
     raise app.UsageError("Give --paired twice: --paired ROOT_A/SETTING_A --paired ROOT_B/SETTING_B.")
   if FLAGS.rifai:
@@ -342,6 +370,8 @@ def print_tables() -> None:
     print(sparsity_table(FLAGS.sparsity, FLAGS.out_dir), end="\n\n")
   if FLAGS.recon:
     print(f"Figure: {reconstructions_figure(FLAGS.recon, FLAGS.out_dir)}", end="\n\n")
+  if FLAGS.filters:
+    print(f"Figure: {filters_figure(FLAGS.filters, FLAGS.out_dir)}", end="\n\n")
   out = {}
   if FLAGS.sweep:
     out["sweep"], missing = sweep_rows(FLAGS.sweep, _metric_flag())

@@ -64,11 +64,11 @@ class Drawing:
   """One drawing step: `tool` over `runs` draws the PNGs of `figures` (name -> what it shows) into docs/figures/`folder`."""
   folder: str
   system: str
-  tool: str  # "report", "vae_report", "cae_analysis", "anomaly", "sparsity", "pca", "seeds" or "recon"
+  tool: str  # "report", "vae_report", "cae_analysis", "anomaly", "sparsity", "pca", "seeds", "recon" or "filters"
   runs: tuple[Run, ...]
   figures: dict[str, str]
   legacy: str  # where the PNGs in the repository came from before this command drew them
-  labels: tuple[str, ...] = ()  # cae_analysis: one label per run
+  labels: tuple[str, ...] = ()  # cae_analysis and filters: one label per run
   args: tuple[str, ...] = ()
   name: str = ""  # what --only calls it, when two drawings share a folder (default: the folder)
 
@@ -83,6 +83,9 @@ class Drawing:
     if self.tool == "cae_analysis":
       pairs = ",".join(f"{label}:{d}" for label, d in zip(self.labels, dirs))
       return ["python", "-m", "experiments.cae_analysis", f"--runs={pairs}", f"--out={out}", *self.args]
+    if self.tool == "filters":
+      named = [f"{label}:{d}" for label, d in zip(self.labels, dirs)] if self.labels else dirs
+      return ["python", "-m", "experiments.compare", f"--filters={','.join(named)}", f"--out_dir={out}", *self.args]
     if self.tool == "recon":
       return ["python", "-m", "experiments.compare", f"--recon={','.join(dirs)}", f"--out_dir={out}", *self.args]
     if self.tool == "seeds":
@@ -193,6 +196,10 @@ MANIFEST: tuple[Drawing, ...] = (
         "contraction_ratios.png": "Contraction ratio ||h(x + r u) - h(x)|| / r against r, mean over the first 500 "
                                   "test images and 8 random directions each"},
         OLD.format("af37bd9"), labels=("AE", "AE+wd", "DAE", "CAE"), args=("--tangents=0",), name="s5_analysis"),
+    Drawing("s5", "S5", "filters", (S5["ae"], S5["ae_wd"], S5["dae"], S5["cae"]), {
+        "filters_compared.png": "The first 100 of the 500 filters (columns of W) of the AE, AE + weight decay, DAE and "
+                                "CAE of S5's tutorial net, each filter scaled to its own range"},
+        "new in this command; no earlier PNG", labels=("AE", "AE+wd", "DAE", "CAE"), name="s5_filters"),
     Drawing("s6", "S6", "report", (S6,), {
         "reconstructions.png": RECON + " (the mean image added back)", "loss_curves.png": LOSS,
         "filters.png": "The first 100 of the 256 first-layer filters, each scaled to its own range",

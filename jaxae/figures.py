@@ -208,6 +208,19 @@ def filter_tiles(kernel: np.ndarray, *, shape: Sequence[int], rows: int = 10, co
   return fig
 
 
+def filters_side_by_side(kernels: dict[str, np.ndarray], *, shape: Sequence[int], rows: int = 10, cols: int = 10):
+  """Several nets' first rows*cols filters (name -> kernel [D, K]) in panels side by side, each filter scaled to its
+  own range: what the first layers of differently trained nets look for, at one glance."""
+  fig, axes = plt.subplots(1, len(kernels), figsize=(cols * 0.55 * len(kernels), rows * 0.55 + 0.5), squeeze=False)
+  for ax, (name, kernel) in zip(axes[0], kernels.items()):
+    w = np.asarray(kernel[:, :rows * cols], np.float64).T
+    lo, hi = w.min(axis=1, keepdims=True), w.max(axis=1, keepdims=True)
+    _show_mosaic(ax, mosaic((w - lo) / (hi - lo + 1e-12), cols=cols, shape=shape), (0.0, 1.0))
+    ax.set_title(name, fontsize=10)
+  fig.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.01, wspace=0.04)
+  return fig
+
+
 def spectra(values: dict[str, np.ndarray], *, title: str = "Singular values of dh/dx, mean over test points"):
   """One line per model: mean singular values [K] of the encoder Jacobian, largest first (log scale)."""
   return curves({label: (np.arange(1, len(v) + 1), v) for label, v in values.items()},

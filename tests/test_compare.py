@@ -38,6 +38,8 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
   assert os.path.getsize(tmp_path / "fig" / "scores.png") > 10_000
   path = compare.reconstructions_figure(workdirs, str(tmp_path / "fig"))  # both nets on the same digits
   assert path.endswith("reconstructions_compared.png") and os.path.getsize(path) > 10_000
+  path = compare.filters_figure([f"AE:{workdirs[0]}", workdirs[0]], str(tmp_path / "fig"))  # LABEL:DIR or DIR
+  assert path.endswith("filters_compared.png") and os.path.getsize(path) > 10_000
   # On the fake digits (a blob whose place depends on the label), the unseen "9" blob reconstructs worse.
   scores = compare.anomaly_scores(workdirs[0])
   assert scores["unseen digits"].mean() > scores["normal (0-8)"].mean()
