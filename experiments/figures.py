@@ -157,7 +157,11 @@ MANIFEST: tuple[Drawing, ...] = (
     Drawing("s3_seed", "S3", "vae_report", (S3S,), {
         "reconstructions_by_epoch.png": "The same test digits reconstructed from the checkpoint kept every 10 epochs",
         "prior_samples.png": "64 decoded samples from the prior (tanh decoder, pixels in [-1, 1])",
-        "interpolation.png": "Decoded straight lines between the posterior means of two test digits"},
+        "interpolation.png": "Decoded straight lines between the posterior means of two test digits",
+        "latents_by_epoch.png": "Test -ELBO and KL per epoch (left) and the active latents at each checkpoint kept "
+                                "every 10 epochs (right)",
+        "traversals.png": "The first test 3's posterior mean with one latent at a time set to -3..3 (columns), for "
+                          "the 8 latents with the most KL over the test set"},
         OLD.format("0f55288"), args=("--num_samples=0", "--pairs=0-1,2-3,4-9,5-6,7-8")),
     Drawing("s4_dense", "S4", "report", (S4["dense"],), {
         "code_interpretation.png": INTERPRET, "reconstructions.png": RECON,
