@@ -45,6 +45,26 @@ def one_per_class(labels: np.ndarray, n: int) -> np.ndarray:
   return np.concatenate([np.array(first, int), rest])
 
 
+def denoising_levels(run: TrainedRun, options: dict, idx: np.ndarray, *, verbose: bool = True):
+  """A Gaussian denoiser on the clean test digits and at 0.5, 1, 1.5 and 2 times its noise std (`options`: its
+  corruption's, the mean kept): a figure of the test examples `idx` and their cleaned versions at each level, each
+  cleaned row titled with its squared error per pixel against the clean digits over the whole test set."""
+  test, show = run.data.test, run.data.images
+  rows, titles, mse = [], [], {}
+  for std in (None, 0.5 * options["std"], options["std"], 1.5 * options["std"], 2.0 * options["std"]):
+    name = "clean input" if std is None else f"noise std {std:g}"
+    with run.precision():
+      inputs = np.asarray(test.x if std is None else
+                          corruption.build("gaussian", **{**options, "std": std})(jax.random.PRNGKey(1), test.x))
+    cleaned = np.asarray(run.reconstruct(inputs))
+    mse[name] = float(np.mean((cleaned - np.asarray(test.x)) ** 2))
+    rows += [show(inputs[idx]), show(cleaned[idx])]
+    titles += [name + (" (trained)" if std == options["std"] else ""), f"cleaned, MSE {mse[name]:.4f}"]
+  if verbose:
+    print("denoised test MSE per pixel against the clean digits: " + ", ".join(f"{k}: {v:.5f}" for k, v in mse.items()))
+  return figures.image_rows(rows, row_titles=titles, shape=run.data.image_shape, value_range=run.data.value_range)
+
+
 def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", verbose: bool = True) -> list[str]:
   """Writes the run's figures as PNG into `out_dir` (default workdir/figures); returns their paths."""
   config, data, test = run.config, run.data, run.data.test
@@ -83,22 +103,8 @@ def make_figures(run: TrainedRun, *, num_images: int = 10, out_dir: str = "", ve
     save(figures.image_rows([show(noisy), show(run.reconstruct(noisy)), show(x)],
                             row_titles=["noisy input", "cleaned", "clean"], shape=shape, value_range=value_range),
          "denoising.png")
-    options = config.corruption.options.to_dict()
-    if config.corruption.name == "gaussian" and options.get("std"):  # the denoiser at other noise levels
-      rows, titles, mse = [], [], {}
-      for std in (None, 0.5 * options["std"], options["std"], 1.5 * options["std"], 2.0 * options["std"]):
-        name = "clean input" if std is None else f"noise std {std:g}"
-        with run.precision():
-          inputs = np.asarray(test.x if std is None else
-                              corruption.build("gaussian", **{**options, "std": std})(jax.random.PRNGKey(1), test.x))
-        cleaned = np.asarray(run.reconstruct(inputs))
-        mse[name] = float(np.mean((cleaned - np.asarray(test.x)) ** 2))
-        rows += [show(inputs[idx]), show(cleaned[idx])]
-        titles += [name + (" (trained)" if std == options["std"] else ""), f"cleaned, MSE {mse[name]:.4f}"]
-      if verbose:
-        print("denoised test MSE per pixel against the clean digits: "
-              + ", ".join(f"{k}: {v:.5f}" for k, v in mse.items()))
-      save(figures.image_rows(rows, row_titles=titles, shape=shape, value_range=value_range), "denoising_levels.png")
+    if config.corruption.name == "gaussian" and config.corruption.options.get("std"):  # other noise levels
+      save(denoising_levels(run, config.corruption.options.to_dict(), idx, verbose=verbose), "denoising_levels.png")
   codes = run.encode(test.x, batch_size=500).reshape(test.x.shape[0], -1)
   kernel = input_filters(run.params, data.size)
   if kernel is not None:
