@@ -168,6 +168,13 @@ def sparsity_table(workdirs: list[str], out_dir: str) -> str:
                          rows) + f"\n\nFigure: {path}")
 
 
+def _check_same_images(flag: str, workdir: str, got: tuple, first: tuple | None) -> None:
+  """A figure of several runs side by side needs one image shape (`first`: the first run's, None for the first)."""
+  if first is not None and got != first:
+    raise UserError(f"{flag}: {workdir!r} holds images of shape {got}, the first run {first}; give runs of one "
+                    "dataset.")
+
+
 def reconstructions_figure(workdirs: list[str], out_dir: str) -> str:
   """The same test digits (one per class) reconstructed by each run, one row per run under the inputs, each row
   titled with the run's name and its squared error per pixel over the clean test set: nets of one dataset side by
@@ -175,9 +182,7 @@ def reconstructions_figure(workdirs: list[str], out_dir: str) -> str:
   rows, titles, shape = [], ["test digits"], None
   for workdir in tqdm(workdirs, desc="reconstructions"):
     run = TrainedRun.open(workdir)
-    if shape is not None and run.data.image_shape != shape:
-      raise UserError(f"--recon: {workdir!r} holds images of shape {run.data.image_shape}, the first run "
-                      f"{shape}; give runs of one dataset.")
+    _check_same_images("--recon", workdir, run.data.image_shape, shape)
     shape, labels = run.data.image_shape, np.asarray(run.data.test.labels)
     idx = report.one_per_class(labels, 10)
     if not rows:
@@ -205,9 +210,7 @@ def filters_figure(workdirs: list[str], out_dir: str) -> str:
     if kernel is None:
       raise UserError(f"--filters: {workdir!r} has no dense first layer reading the input (a convolutional model?); "
                       "give dense or tied runs.")
-    if shape is not None and run.data.image_shape != shape:
-      raise UserError(f"--filters: {workdir!r} holds images of shape {run.data.image_shape}, the first run "
-                      f"{shape}; give runs of one dataset.")
+    _check_same_images("--filters", workdir, run.data.image_shape, shape)
     shape = run.data.image_shape
     kernels[f"{label or os.path.basename(workdir.rstrip('/'))} ({kernel.shape[1]} units)"] = kernel
   os.makedirs(out_dir, exist_ok=True)

@@ -5,10 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from experiments import compare
 from experiments.configs import anomaly
 from jaxae import loop
+from jaxae.errors import UserError
 from tests.conftest import ROOT
 
 
@@ -61,3 +63,11 @@ def test_anomaly_probe_and_pca_tables(idx_dir, tmp_path):
                            capture_output=True, text=True, timeout=300, check=False)
   assert command.returncode == 0 and "| ae |" in command.stdout, command.stderr[-2000:]
   assert not [line for line in command.stderr.splitlines() if line.startswith("I")], command.stderr[-2000:]
+
+
+def test_figures_of_several_runs_refuse_runs_of_another_image_size():
+  compare._check_same_images("--recon", "runs/a", (28, 28, 1), None)  # the first run sets the shape
+  compare._check_same_images("--recon", "runs/b", (28, 28, 1), (28, 28, 1))
+  with pytest.raises(UserError, match=r"--filters: 'runs/c' holds images of shape \(32, 32, 3\), the first run "
+                                      r"\(28, 28, 1\); give runs of one dataset"):
+    compare._check_same_images("--filters", "runs/c", (32, 32, 3), (28, 28, 1))
