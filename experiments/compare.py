@@ -42,7 +42,7 @@ flags.DEFINE_list("anomaly", [], "Workdirs trained on digits 0-8 (experiments/co
 flags.DEFINE_list("sparsity", [], "Workdirs whose codes are compared for sparsity on shared axes, and whether each "
                   "net copies noise as well as digits.")
 flags.DEFINE_string("out_dir", "docs/figures/anomaly", "Where --anomaly and --sparsity save their figures (--pca "
-                    "draws its own only when --out_dir is given).")
+                    "draws its own only when --out_dir is given; --recon and --filters default to the current folder).")
 flags.DEFINE_list("recon", [], "Workdirs of one dataset: the same test digits reconstructed by each, one row per run "
                   "(reconstructions_compared.png in --out_dir).")
 flags.DEFINE_list("filters", [], "Workdirs (or LABEL:DIR) of dense or tied nets of one dataset: their first 100 "
@@ -98,15 +98,14 @@ def pca_table(workdirs: list[str], out_dir: str = "") -> str:
                  f"{100 * ae_probe:.2f}", f"{100 * pca_probe:.2f}"])
     if out_dir:
       labels = np.asarray(te.labels)
-      first = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]  # one test digit of each class
+      first = report.one_per_class(labels, 10)  # one test digit of each class
       fig = figures.codes_against_pca(
           {f"AE code ({name}, {k}-d): MSE/pixel {ae_mse:.4f}, probe error {100 * ae_probe:.1f}%": test_codes,
            f"PCA, {k} components: MSE/pixel {pca_mse:.4f}, probe error {100 * pca_probe:.1f}%": p["test_codes"]},
           labels, {"test digits": np.asarray(te.x)[first], "AE": ae_recon[first], "PCA": p["test_recon"][first]},
           shape=run.data.image_shape, value_range=run.data.value_range)
-      os.makedirs(out_dir, exist_ok=True)
-      paths.append(os.path.join(out_dir, "ae_vs_pca.png" if len(workdirs) == 1 else f"ae_vs_pca_{name}.png"))
-      fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+      paths.append(_save(fig, out_dir, "ae_vs_pca.png" if len(workdirs) == 1 else f"ae_vs_pca_{name}.png",
+                         bbox_inches="tight"))
   table = markdown.table(["code size", "AE run", "AE test MSE/pixel", "PCA test MSE/pixel", "PCA / AE",
                           "AE probe error %", "PCA probe error %"], sorted(rows))
   return table + (f"\n\nFigures: {', '.join(paths)}" if paths else "")
@@ -168,6 +167,15 @@ def sparsity_table(workdirs: list[str], out_dir: str) -> str:
                          rows) + f"\n\nFigure: {path}")
 
 
+def _save(fig, out_dir: str, name: str, **savefig) -> str:
+  """Saves a figure as OUT_DIR/NAME at 100 dpi (the folder made if needed), closes it, returns the path."""
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, name)
+  fig.savefig(path, dpi=100, **savefig)
+  figures.plt.close(fig)
+  return path
+
+
 def _check_same_images(flag: str, workdir: str, got: tuple, first: tuple | None) -> None:
   """A figure of several runs side by side needs one image shape (`first`: the first run's, None for the first)."""
   if first is not None and got != first:
@@ -184,19 +192,15 @@ def reconstructions_figure(workdirs: list[str], out_dir: str) -> str:
     run = TrainedRun.open(workdir)
     _check_same_images("--recon", workdir, run.data.image_shape, shape)
     shape, labels = run.data.image_shape, np.asarray(run.data.test.labels)
-    idx = report.one_per_class(labels, 10)
+    idx, x = report.one_per_class(labels, 10), np.asarray(run.data.test.x)
     if not rows:
-      rows.append(run.data.images(np.asarray(run.data.test.x)[idx]))
-    recon = np.asarray(run.reconstruct(run.data.test.x))
+      rows.append(run.data.images(x[idx]))
+    recon = np.asarray(run.reconstruct(x))
     rows.append(run.data.images(recon[idx]))
-    mse = float(np.mean((recon - np.asarray(run.data.test.x)) ** 2))  # clean inputs for every net, the denoiser's too
+    mse = float(np.mean((recon - x) ** 2))  # clean inputs for every net, the denoiser's too
     titles.append(f"{os.path.basename(workdir.rstrip('/'))}: MSE/pixel {mse:.4f}")
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "reconstructions_compared.png")
-  fig = figures.image_rows(rows, row_titles=titles, shape=shape, value_range=run.data.value_range)
-  fig.savefig(path, dpi=100)
-  figures.plt.close(fig)
-  return path
+  return _save(figures.image_rows(rows, row_titles=titles, shape=shape, value_range=run.data.value_range), out_dir,
+               "reconstructions_compared.png")
 
 
 def filters_figure(workdirs: list[str], out_dir: str) -> str:
@@ -213,12 +217,7 @@ def filters_figure(workdirs: list[str], out_dir: str) -> str:
     _check_same_images("--filters", workdir, run.data.image_shape, shape)
     shape = run.data.image_shape
     kernels[f"{label or os.path.basename(workdir.rstrip('/'))} ({kernel.shape[1]} units)"] = kernel
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "filters_compared.png")
-  fig = figures.filters_side_by_side(kernels, shape=shape)
-  fig.savefig(path, dpi=100)
-  figures.plt.close(fig)
-  return path
+  return _save(figures.filters_side_by_side(kernels, shape=shape), out_dir, "filters_compared.png")
 
 
 NOT_METRICS = ("epoch", "step")  # fields of a record that are the same for every seed
@@ -371,10 +370,11 @@ def print_tables() -> None:
     print(anomaly_table(FLAGS.anomaly, FLAGS.out_dir), end="\n\n")
   if FLAGS.sparsity:
     print(sparsity_table(FLAGS.sparsity, FLAGS.out_dir), end="\n\n")
+  own_dir = FLAGS.out_dir if FLAGS["out_dir"].present else "."  # --out_dir's default is --anomaly's folder
   if FLAGS.recon:
-    print(f"Figure: {reconstructions_figure(FLAGS.recon, FLAGS.out_dir)}", end="\n\n")
+    print(f"Figure: {reconstructions_figure(FLAGS.recon, own_dir)}", end="\n\n")
   if FLAGS.filters:
-    print(f"Figure: {filters_figure(FLAGS.filters, FLAGS.out_dir)}", end="\n\n")
+    print(f"Figure: {filters_figure(FLAGS.filters, own_dir)}", end="\n\n")
   out = {}
   if FLAGS.sweep:
     out["sweep"], missing = sweep_rows(FLAGS.sweep, _metric_flag())

@@ -83,7 +83,7 @@ def main(argv):
   del argv
   start_command()  # Orbax logs every restore at INFO
   if flags.FLAGS.seeds:
-    print(seed_curves(flags.FLAGS.seeds, flags.FLAGS.figures_dir or "."))
+    print(seed_curves(flags.FLAGS.seeds, flags.FLAGS.figures_dir or os.path.join(flags.FLAGS.seeds[0], "figures")))
     return
   if flags.FLAGS.sweep:
     for path in sweep_curves(flags.FLAGS.sweep, flags.FLAGS.figures_dir):
@@ -101,7 +101,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("sweep", None, "Instead: a sweep's root (experiments.sweep --root); draws each setting's loss "
                       "curves over its seeds, mean and band, into FIGURES_DIR (default ROOT/figures).")
   flags.DEFINE_list("seeds", None, "Instead: workdirs of one config trained with different seeds; draws their loss "
-                    "curves over the seeds, mean and band, into FIGURES_DIR/loss_curves_over_seeds.png.")
+                    "curves over the seeds, mean and band, into FIGURES_DIR/loss_curves_over_seeds.png (default: "
+                    "the first workdir's figures/).")
   flags.mark_flags_as_mutual_exclusive(["workdir", "sweep", "seeds"], required=True)
   flags.DEFINE_string("figures_dir", "", "Where to write the PNGs (default: WORKDIR/figures).")
   app.run(main)

@@ -58,6 +58,7 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
   `binarize`, the bound is on dynamically binarised test digits, one draw per digit from `seed`)."""
   run = TrainedRun.open(workdir)
   config, model, params, test = run.config, run.model, run.params, run.data.test
+  records = metrics.read_metrics(workdir)
   if not hasattr(model, "posterior"):
     raise UserError(f"{workdir!r} holds a {config.model.name!r} model; vae_report needs a VAE (a model with "
                     "posterior(x) -> (mu, logvar) and decoder_logits(z)).")
@@ -116,14 +117,13 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
       rows = [run.data.images(x)] + [run.data.images(decode(p, mu(p, x))) for p in kept.values()]
       save(figures.image_rows(rows, row_titles=["input"] + [f"epoch {s // steps_per_epoch}" for s in kept],
                               shape=shape, value_range=value_range), "reconstructions_by_epoch.png")
-      records = metrics.read_metrics(workdir)
       usage = {s // steps_per_epoch: latent_usage(posterior, p, test.x) for s, p in kept.items()}
-      save(figures.latents_by_epoch(
-          {"test -ELBO": ([r["epoch"] for r in records], [r["test/loss"] for r in records]),
-           "test KL": ([r["epoch"] for r in records], [r["test/vae_kl"] for r in records])},
-          {e: int(u[2].sum()) for e, u in usage.items()}, latents), "latents_by_epoch.png")
+      curves = {name: ([r["epoch"] for r in records if key in r], [r[key] for r in records if key in r])
+                for name, key in (("test -ELBO", "test/loss"), ("test KL", "test/vae_kl"))}
+      save(figures.latents_by_epoch({k: v for k, v in curves.items() if v[0]},
+                                    {e: int(u[2].sum()) for e, u in usage.items()}, latents), "latents_by_epoch.png")
 
-  last = metrics.read_metrics(workdir)[-1]
+  last = records[-1]
   numbers = {"test_loss": last["test/loss"]}
   print(f"test loss per example (negative ELBO, one z per example): {last['test/loss']:.2f} "
         f"after {last['epoch']} epochs")
