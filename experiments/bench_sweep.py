@@ -5,10 +5,10 @@ r"""Seeds one after another against seeds as one compiled program (the train ste
 
 For each config and N seeds, on random data of MNIST's shape (jaxae.data.synthetic), three ways to take
 `steps` training steps of every seed, each one compiled lax.scan as training runs it:
-  one after another   the config's train chunk, called for seed 1, then seed 2, ... (what a sweep does now);
+  one after another   the config's train chunk, called for seed 1, then seed 2, ... (experiments.sweep);
   vmap, same batches  one chunk of the step vmapped over seeds: stacked parameters, optimizer states and
                       step keys, every seed on the same batch;
-  vmap, own orders    the same, each seed on its own batch order (what seeds change in a real sweep).
+  vmap, own orders    the same, each seed on its own batch order (experiments.sweep --vmap_seeds).
 Compile time apart; block_until_ready; the three interleaved in each repeat, median over repeats. Epoch
 seconds are per-step seconds times the steps of one MNIST epoch (60,000 // batch), for all N seeds.
 Prints a Markdown table with the device named, and how far the vmapped seeds' parameters ended from the
@@ -17,7 +17,6 @@ same seeds trained one after another (float rounding only: the same keys and bat
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -28,6 +27,7 @@ from absl import app, flags, logging
 
 from experiments import configs
 from jaxae import data, train
+from jaxae.seeds import make_seeds_chunk
 from jaxae.run import Components
 
 flags.DEFINE_list("configs", ["undercomplete.py", "keras.py:dense"], "CONFIG[:VARIANT] files of experiments/configs.")
@@ -38,17 +38,6 @@ flags.DEFINE_integer("batch_size", 0, "Batch size of every config (0: each confi
 FLAGS = flags.FLAGS
 
 MNIST_TRAIN, IMAGE_SHAPE = 60_000, (28, 28, 1)
-
-
-def make_seeds_chunk(train_step, *, own_orders: bool):
-  """Jitted (states [N], data_x [M, D], idx [S, B] or [S, N, B], step_keys [N]) -> (states, metrics [S, N]):
-  S steps of `train_step` (train.make_train_step) vmapped over N seeds, as one lax.scan; states donated."""
-  step = jax.vmap(train_step, in_axes=(0, 0 if own_orders else None, 0))
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def chunk(states, data_x, idx, step_keys):
-    return jax.lax.scan(lambda s, i: step(s, data_x[i], step_keys), states, idx)
-  return chunk
 
 
 def seed_states(parts: Components, n: int):

@@ -8,7 +8,7 @@ ROOT/sweep.json holds the grid, the seeds and the base config; ROOT/<setting>/se
 experiments.main makes it (e.g. runs/cae_sweep/loss.contractive=0.1/seed=2). Settings are the product of
 the --grid fields, in the order given; values are parsed by the field's type as --config.FIELD=VALUE would
 be (tuples in parentheses: --grid model.kwargs.encoder_features="(64,3),(128,3)"). Seeds are 0..N-1, or
---seed_list. A finished run is skipped, an unfinished one resumes from its checkpoints; the data is read once.
+--seed_list. --vmap_seeds trains a setting's seeds as one program (jaxae.seeds). A finished run is skipped, an unfinished one resumes from its checkpoints; the data is read once.
 On several hosts, the same command on each (as for experiments.main, docs/devices.md): every run uses every
 host's devices, process 0 writes sweep.json and prints.
 """
@@ -29,6 +29,8 @@ flags.DEFINE_multi_string("grid", [], "FIELD=V1,V2,...: a config field (nested w
                           "repeat for a product of fields.")
 flags.DEFINE_integer("seeds", 1, "Seeds 0..N-1 (config.seed) per setting.", lower_bound=1)
 flags.DEFINE_list("seed_list", [], "These seeds instead of 0..N-1, e.g. 3,4,5.")
+flags.DEFINE_bool("vmap_seeds", False, "Train a setting's seeds as one program (the step vmapped over seeds; "
+                  "docs/sweeps.md says when it pays). Each seed's result equals its run alone to float rounding.")
 flags.DEFINE_string("root", None, "Folder of the sweep: sweep.json and one workdir per (setting, seed).")
 flags.mark_flags_as_required(["config", "root"])
 FLAGS = flags.FLAGS
@@ -41,7 +43,7 @@ def main(argv):
     start_command(distributed=True)  # several hosts: when JAX_COORDINATOR_ADDRESS is set
     seeds = sweep.parse_seeds(FLAGS.seeds, FLAGS.seed_list)
     grid = sweep.parse_grid(FLAGS.grid, FLAGS.config)
-    failed = sweep.run_sweep(FLAGS.config, grid, seeds, FLAGS.root)
+    failed = sweep.run_sweep(FLAGS.config, grid, seeds, FLAGS.root, vmap_seeds=FLAGS.vmap_seeds)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -64,31 +64,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def fit(components: Components, workdir: str) -> train.TrainState:
   """Trains the run that `components` describe into `workdir` (checked by `check_run`); see
   `train_and_evaluate`."""
-  s = components.settings
   with workdir_lib.lock(workdir), components.precision():
-    n_train = components.data.train.x.shape[0]
-    if s.batch_size > n_train:
-      raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
-                      "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
-                      "keeps all).")
-    flops = (components.step_flops() if jax.device_count() > 1 and jax.process_count() == 1 and not s.num_devices
-             else None)  # several hosts take every device: nothing to decide
-    mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))
-    parallel.check_batch_size(s.batch_size, mesh)
-    if mesh.devices.size < jax.device_count() and not s.num_devices and parallel.is_main_process():
-      most = parallel.devices_for_batch(s.batch_size, s.num_devices)
-      why = (f"batch_size={s.batch_size} divides over no more of them" if most == mesh.devices.size else
-             f"one step is {flops / 1e9:.2g} GFLOP, and splitting pays from about "
-             f"{parallel.MIN_FLOPS_PER_DEVICE / 1e9:.0f} GFLOP per device")
-      print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: {why} (set "
-            f"--config.num_devices=N to choose).")
-    note = components.penalty_mode()
-    if note and parallel.is_main_process():
-      print(note)
-    components, fitted = memory.fit_penalty(components, mesh)  # GPUs, TPUs: examples_per_pass 0 -> what fits
-    if fitted and parallel.is_main_process():
-      print(fitted)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), max_to_keep=s.keep_checkpoints)
+    components, mesh = place(components)
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
+                                      max_to_keep=components.settings.keep_checkpoints)
     try:  # one way out for every path: pending saves written, the manager closed
       state = _resume_and_train(components, workdir, manager, mesh)
     except BaseException:
@@ -97,6 +76,35 @@ def fit(components: Components, workdir: str) -> train.TrainState:
       raise
     checkpoint.finish(manager)
     return state
+
+
+def place(components: Components) -> tuple[Components, jax.sharding.Mesh]:
+  """The devices a run trains on (its mesh), said when fewer than all, and its penalty fitted to them (GPUs,
+  TPUs: examples_per_pass 0 -> what fits); UserError for a batch larger than the data or not divisible."""
+  s = components.settings
+  n_train = components.data.train.x.shape[0]
+  if s.batch_size > n_train:
+    raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
+                    "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
+                    "keeps all).")
+  flops = (components.step_flops() if jax.device_count() > 1 and jax.process_count() == 1 and not s.num_devices
+           else None)  # several hosts take every device: nothing to decide
+  mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))
+  parallel.check_batch_size(s.batch_size, mesh)
+  if mesh.devices.size < jax.device_count() and not s.num_devices and parallel.is_main_process():
+    most = parallel.devices_for_batch(s.batch_size, s.num_devices)
+    why = (f"batch_size={s.batch_size} divides over no more of them" if most == mesh.devices.size else
+           f"one step is {flops / 1e9:.2g} GFLOP, and splitting pays from about "
+           f"{parallel.MIN_FLOPS_PER_DEVICE / 1e9:.0f} GFLOP per device")
+    print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: {why} (set "
+          f"--config.num_devices=N to choose).")
+  note = components.penalty_mode()
+  if note and parallel.is_main_process():
+    print(note)
+  components, fitted = memory.fit_penalty(components, mesh)
+  if fitted and parallel.is_main_process():
+    print(fitted)
+  return components, mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +159,7 @@ def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Epochs:
+class Epochs:
   """What every epoch of one run shares: its program, workdir and checkpoint manager."""
   program: Program
   workdir: str
@@ -174,25 +182,25 @@ def _resume_and_train(components: Components, workdir: str, manager, mesh) -> tr
     return state
   if start and main:
     print(f"Resuming from step {start} (epoch {start // steps_per_epoch}) in {workdir}.")
-  run = _Epochs(program, workdir, manager, main)
+  run = Epochs(program, workdir, manager, main)
   with (MetricWriter(workdir) if main else contextlib.nullcontext(None)) as writer, \
-      _stop_requests() as stop:
+      stop_requests() as stop:
     for epoch in range(start // steps_per_epoch, s.epochs):
       state = _train_epoch(run, state, epoch, writer, stop)
   return state
 
 
-def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
+def _train_epoch(run: Epochs, state, epoch: int, writer, stop: dict):
   """One epoch (or what is left of it after a resume): steps, record, checks, save; raises Preempted after
   SIGTERM or Ctrl-C, once saved."""
   p, s = run.program, run.program.components.settings
   t0, first_step, steps_per_epoch = time.perf_counter(), epoch * p.steps_per_epoch, p.steps_per_epoch
   idx = p.epoch_indices(epoch)[int(state.step) - first_step:]
-  before, seconds_before = _load_partial_epoch(run.workdir, epoch, first_step, int(state.step))
+  before, seconds_before = load_partial_epoch(run.workdir, epoch, first_step, int(state.step))
   with tqdm(total=steps_per_epoch, initial=steps_per_epoch - idx.shape[0], unit="step",
             desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=not run.main) as bar:
     state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
-                             chunk_steps=p.chunk_steps, bar=bar, stop=lambda: _agreed(bool(stop["stop"])))
+                             chunk_steps=p.chunk_steps, bar=bar, stop=lambda: agreed(bool(stop["stop"])))
   stopped = steps["loss"].shape[0] < idx.shape[0]  # a stop signal mid-epoch
   if before:
     steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
@@ -201,29 +209,29 @@ def _train_epoch(run: _Epochs, state, epoch: int, writer, stop: dict):
     check_params_finite(state.params, epoch=epoch + 1)
     checkpoint.save(run.manager, state)
     if run.main:
-      _save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
-    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"] or _ANOTHER)
-  record = _epoch_record(run, state, epoch, steps, seconds)
+      save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
+    raise stop_error(state, steps_per_epoch, run.workdir, stop["stop"] or ANOTHER)
+  record = epoch_record(run, state, epoch, steps, seconds)
   check_finite(record, epoch=epoch + 1)  # before the record is written: a diverged epoch leaves none
   if run.main:
     writer.write(int(state.step), record)
     if before:
       os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))  # now in the record
   check_params_finite(state.params, epoch=epoch + 1)
-  stopping = _agreed(bool(stop["stop"]))  # every process decides the same, at the same point
+  stopping = agreed(bool(stop["stop"]))  # every process decides the same, at the same point
   if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stopping:
     checkpoint.save(run.manager, state)
   if run.main:
-    tqdm.write(_console_line(epoch + 1, s.epochs, record))
+    tqdm.write(console_line(epoch + 1, s.epochs, record))
   if stopping:
-    raise _stopped(state, steps_per_epoch, run.workdir, stop["stop"] or _ANOTHER)
+    raise stop_error(state, steps_per_epoch, run.workdir, stop["stop"] or ANOTHER)
   return state
 
 
-_ANOTHER = "a stop signal to another process of the run"
+ANOTHER = "a stop signal to another process of the run"
 
 
-def _agreed(flag: bool) -> bool:
+def agreed(flag: bool) -> bool:
   """Whether any process of the run asks to stop: the same answer on every process, so that hosts signalled
   at different moments (TPU VMs, SLURM) stop after the same chunk and save one checkpoint together. One tiny
   all-gather per chunk on several processes; nothing on one."""
@@ -232,7 +240,7 @@ def _agreed(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def _epoch_record(run: _Epochs, state, epoch: int, steps: dict[str, np.ndarray], seconds: float) -> dict:
+def epoch_record(run: Epochs, state, epoch: int, steps: dict[str, np.ndarray], seconds: float) -> dict:
   """The epoch's metrics record: train means, the first steps if asked, test metrics, wall time."""
   p = run.program
   whole = steps["loss"].shape[0] == p.steps_per_epoch
@@ -275,7 +283,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption, and Ctrl-C
 
 
 @contextlib.contextmanager
-def _stop_requests():
+def stop_requests():
   """Inside: SIGTERM (preemption) or SIGINT (Ctrl-C) sets the returned flag ("stop": the signal's name) instead
   of killing the process; the run saves and stops after the chunk in flight. A second Ctrl-C interrupts at once."""
   requested = {"stop": ""}
@@ -296,21 +304,21 @@ def _stop_requests():
       signal.signal(sig, old)
 
 
-def _stopped(state, steps_per_epoch: int, workdir: str, signal_name: str) -> Preempted:
+def stop_error(state, steps_per_epoch: int, workdir: str, signal_name: str) -> Preempted:
   step = int(state.step)
   return Preempted(f"Stopped by {signal_name} at step {step} ({step / steps_per_epoch:.2f} epochs done); checkpoint "
                    f"saved in {workdir}. Run the same command to resume.")
 
 
-def _save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):
+def save_partial_epoch(workdir: str, epoch: int, first_step: int, steps: dict[str, np.ndarray], seconds: float):
   """The per-step metrics of an epoch cut short by SIGTERM, so that the resumed epoch's record covers
   the whole epoch (written atomically, beside the checkpoint of the same step)."""
   with atomic_write(os.path.join(workdir, PARTIAL_EPOCH_FILE), "wb") as f:
     np.savez(f, _epoch=epoch, _first_step=first_step, _seconds=seconds, **steps)
 
 
-def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) -> tuple[dict[str, np.ndarray], float]:
-  """The metrics saved by `_save_partial_epoch` for steps first_step..step-1 of `epoch`, or ({}, 0)."""
+def load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) -> tuple[dict[str, np.ndarray], float]:
+  """The metrics saved by `save_partial_epoch` for steps first_step..step-1 of `epoch`, or ({}, 0)."""
   path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
   if not os.path.exists(path):
     return {}, 0.0
@@ -323,7 +331,7 @@ def _load_partial_epoch(workdir: str, epoch: int, first_step: int, step: int) ->
   return steps, float(saved["_seconds"])
 
 
-def _console_line(epoch: int, epochs: int, record: dict) -> str:
+def console_line(epoch: int, epochs: int, record: dict) -> str:
   """The epoch's line: the total loss, each logged term (unweighted), test loss and MSE, seconds."""
   terms = logged_terms(record)
   detail = " (" + ", ".join(f"{t} {record['train/' + t]:.5g}" for t in terms) + ")" if len(terms) > 1 else ""

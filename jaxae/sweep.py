@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from ml_collections.config_flags import config_path, tuple_parser
 
 from jaxae import loop, metrics, parallel, run
+from jaxae import seeds as seeds_lib
 from jaxae import settings as settings_lib
 from jaxae.errors import UserError
 from jaxae.files import atomic_write
@@ -196,12 +197,13 @@ def summary(record: dict, metric: str = "test/loss") -> str:
 
 
 def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: list[int], root: str, *,
-              log=print) -> int:
+              vmap_seeds: bool = False, log=print) -> int:
   """Trains every (setting, seed) of the grid into its workdir under `root`; returns how many runs failed.
 
   Every run is checked first (its fields, its workdir, no other config's run in it), so a bad value ends
   the sweep before any training. A run that diverges is reported and the sweep goes on; SIGTERM
-  (loop.Preempted) ends it, resumable.
+  (loop.Preempted) ends it, resumable. `vmap_seeds`: a setting's unfinished seeds train as one program
+  (jaxae.seeds; its seeds one after another again if one of them diverges, so that the others finish).
 
   On several processes (jax.distributed; a shared `root`) every process runs every run together, as one
   multi-host run each; process 0 alone writes sweep.json and decides which runs are finished, and tells the
@@ -215,25 +217,63 @@ def run_sweep(base: ml_collections.ConfigDict, grid: dict[str, list], seeds: lis
     loop.check_run(config, workdir_of(root, name, seed))
   if parallel.is_main_process():
     write_spec(root, spec)
-  failed, dataset, dataset_of = 0, None, None
-  for i, (name, seed, config) in enumerate(jobs, 1):
-    workdir, head = workdir_of(root, name, seed), f"[{i}/{len(jobs)}] {name} seed={seed}"
-    record = final_record(workdir, config.epochs)
-    if _main_says(record is not None):
-      log(f"{head}: skipped (finished), {summary(record)}")
+  sweeper, numbered = _Sweeper(root, len(jobs), log), [(i, *job) for i, job in enumerate(jobs, 1)]
+  for group in ([[j for j in numbered if j[1] == name] for name in dict.fromkeys(j[1] for j in numbered)]
+                if vmap_seeds else [[j] for j in numbered]):  # a setting's seeds together, or each run alone
+    todo = [job for job in group if not sweeper.finished(*job)]
+    if len(todo) > 1 and sweeper.together(todo):
       continue
+    for job in todo:
+      sweeper.alone(*job)
+  return sweeper.failed
+
+
+class _Sweeper:
+  """Trains a sweep's runs, alone or a setting's seeds together, reading each dataset once; counts failures."""
+
+  def __init__(self, root: str, total: int, log):
+    self.root, self.total, self.log, self.failed = root, total, log, 0
+    self._dataset, self._dataset_of = None, None
+
+  def components(self, config: ml_collections.ConfigDict) -> run.Components:
+    """The run's components, on the data already read when the last run read the same."""
     data_json = json.dumps([config.data.to_dict(), config.dtype], sort_keys=True, default=str)
-    components = run.Components.from_config(config, dataset=dataset if dataset_of == data_json else None)
-    dataset, dataset_of = components.data, data_json  # the data read once for every run that reads the same
-    t0 = time.perf_counter()
+    components = run.Components.from_config(config, dataset=self._dataset if self._dataset_of == data_json else None)
+    self._dataset, self._dataset_of = components.data, data_json
+    return components
+
+  def finished(self, i: int, name: str, seed: int, config: ml_collections.ConfigDict) -> bool:
+    """Whether the run has its last epoch's record (process 0 decides for all); says so when it has."""
+    record = final_record(workdir_of(self.root, name, seed), config.epochs)
+    if _main_says(record is not None):
+      self.log(f"[{i}/{self.total}] {name} seed={seed}: skipped (finished), {summary(record)}")
+      return True
+    return False
+
+  def alone(self, i: int, name: str, seed: int, config: ml_collections.ConfigDict) -> None:
+    workdir, head, t0 = workdir_of(self.root, name, seed), f"[{i}/{self.total}] {name} seed={seed}", time.perf_counter()
     try:
-      loop.fit(components, workdir)
+      loop.fit(self.components(config), workdir)
     except FloatingPointError as e:
-      failed += 1
-      log(f"{head}: failed after {time.perf_counter() - t0:.0f} s: {e}")
-      continue
-    log(f"{head}: done in {time.perf_counter() - t0:.0f} s, {summary(metrics.read_metrics(workdir)[-1])}")
-  return failed
+      self.failed += 1
+      self.log(f"{head}: failed after {time.perf_counter() - t0:.0f} s: {e}")
+      return
+    self.log(f"{head}: done in {time.perf_counter() - t0:.0f} s, {summary(metrics.read_metrics(workdir)[-1])}")
+
+  def together(self, group: list[tuple]) -> bool:
+    """Trains the seeds of one setting as one program; False (nothing lost: each seed resumes from its last
+    checkpoint) when one of them diverged, for the caller to train them one by one."""
+    workdirs, t0 = [workdir_of(self.root, name, seed) for _, name, seed, _ in group], time.perf_counter()
+    head = f"[{group[0][0]}-{group[-1][0]}/{self.total}] {group[0][1]} seeds={','.join(str(j[2]) for j in group)}"
+    try:
+      seeds_lib.fit_seeds([self.components(config) for *_, config in group], workdirs, log=self.log)
+    except FloatingPointError as e:
+      self.log(f"{head}: {e}; training these seeds one after another")
+      return False
+    for (i, name, seed, _), workdir in zip(group, workdirs):
+      self.log(f"[{i}/{self.total}] {name} seed={seed}: done in {time.perf_counter() - t0:.0f} s (vmapped with "
+               f"{len(group) - 1} other seeds), {summary(metrics.read_metrics(workdir)[-1])}")
+    return True
 
 
 def _main_says(flag: bool) -> bool:

@@ -4,6 +4,7 @@ read once, and aggregated into means and t-intervals that match numpy."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from experiments import compare, report
-from jaxae import data, figures, loop, metrics, stats, sweep
+from jaxae import data, figures, loop, metrics, run, stats, sweep
+from jaxae import seeds as seeds_lib
 from jaxae.errors import UserError
 from tests.conftest import ROOT, tiny_config
 
@@ -233,6 +235,67 @@ def test_bench_vmapped_seeds_train_as_the_seeds_one_after_another():
   (row,) = _rows(result.stdout)
   assert row[:3] == ["undercomplete.py", "128", "2"] and all(float(row[i]) > 0 for i in (3, 4, 6))
   assert float(row[-1]) < 1e-5  # float rounding only
+
+
+@pytest.fixture(scope="module")
+def vmapped(idx_dir, tmp_path_factory):
+  """`finished`'s sweep again with each setting's seeds vmapped into one program; (root, its lines)."""
+  root, lines = str(tmp_path_factory.mktemp("vmapped")), []
+  assert sweep.run_sweep(tiny_config(idx_dir, epochs=2), GRID, [0, 1], root, vmap_seeds=True, log=lines.append) == 0
+  return root, lines
+
+
+def _numbers(workdir: str) -> list[dict]:
+  return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metrics.read_metrics(workdir)]
+
+
+def test_vmapped_seeds_end_where_each_seed_trained_alone_ends(finished, vmapped):
+  assert len(vmapped[1]) == 4 and all("(vmapped with 1 other seeds), test/loss " in line for line in vmapped[1])
+  for name in NAMES:
+    for seed in (0, 1):
+      alone, together = (_numbers(os.path.join(r, name, f"seed={seed}")) for r in (finished[0], vmapped[0]))
+      assert [r["epoch"] for r in together] == [1, 2]
+      for a, b in zip(alone, together):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-5)  # vmap: float rounding only
+  different = [_numbers(os.path.join(vmapped[0], NAMES[0], f"seed={s}"))[-1]["test/loss"] for s in (0, 1)]
+  assert different[0] != different[1]  # each seed its own init and batches
+
+
+def test_vmapped_seeds_stopped_mid_epoch_resume_to_the_uninterrupted_numbers(vmapped, make_config, tmp_path,
+                                                                            monkeypatch):
+  """SIGTERM after the 3rd chunk of 4 steps (epoch 2): every seed saved; the rerun ends with the numbers of the
+  run that was never stopped, to the bit."""
+  real, calls = seeds_lib.make_seeds_chunk, []
+
+  def signalling(*args, **kwargs):
+    chunk = real(*args, **kwargs)
+    def counted(*a):
+      calls.append(1)
+      if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return chunk(*a)
+    return counted
+  monkeypatch.setattr(seeds_lib, "make_seeds_chunk", signalling)
+  root, grid = str(tmp_path), {"optimizer.learning_rate": [1e-2]}
+  with pytest.raises(loop.Preempted, match="Stopped by SIGTERM at step 12"):
+    sweep.run_sweep(make_config(epochs=2), grid, [0, 1], root, vmap_seeds=True, log=lambda line: None)
+  for seed in (0, 1):
+    assert os.path.exists(os.path.join(root, NAMES[1], f"seed={seed}", loop.PARTIAL_EPOCH_FILE))
+  sweep.run_sweep(make_config(epochs=2), grid, [0, 1], root, vmap_seeds=True, log=lambda line: None)
+  for seed in (0, 1):
+    assert _numbers(os.path.join(root, NAMES[1], f"seed={seed}")) == _numbers(
+        os.path.join(vmapped[0], NAMES[1], f"seed={seed}"))
+
+
+def test_only_seeds_of_one_setting_are_vmapped(make_config):
+  parts = [run.Components.from_config(make_config(seed=s)) for s in (0, 1)]
+  other = run.Components.from_config(make_config(seed=2, batch_size=32), dataset=parts[0].data)
+  with pytest.raises(UserError, match="must share every config field but `seed`"):
+    seeds_lib.check_one_setting(parts + [other])
+  with pytest.raises(UserError, match="needs a seed of its own"):
+    seeds_lib.check_one_setting([parts[0], parts[0]])
+  seeds_lib.check_one_setting(parts)
 
 
 def test_seeds_that_change_nothing_are_called_out(finished, tmp_path):
