@@ -169,7 +169,7 @@ def test_a_process_that_cannot_reach_the_coordinator_ends_with_one_error(idx_dir
 
 
 def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, tmp_path, reference):
-  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=12", "--config.checkpoint_every_epochs=2"]
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=6", "--config.checkpoint_every_epochs=2"]
   killed = str(tmp_path / "killed")
   ckpts = os.path.join(killed, "checkpoints")
 
@@ -180,13 +180,13 @@ def test_both_processes_killed_mid_run_resume_to_the_uninterrupted_end(idx_dir, 
   for proc, _, _ in procs:
     proc.wait()
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
-  assert committed and committed[-1] < 96, committed  # killed before the end
+  assert committed and committed[-1] < 48, committed  # killed before the end
   procs = _start_two(args, killed, str(tmp_path / "b"))
-  single = reference(12)
+  single = reference(6)
   for proc, out, err in procs:
     assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
   assert f"Resuming from step {committed[-1]} " in _read(procs[0][1])  # both restored the same checkpoint
-  assert [r["epoch"] for r in metrics.read_metrics(killed)] == list(range(1, 13))
+  assert [r["epoch"] for r in metrics.read_metrics(killed)] == list(range(1, 7))
   _ended_alike(killed, single)
 
 
@@ -195,7 +195,7 @@ def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_unint
   """SIGTERM to process 1 alone, then to process 0 three seconds later (hosts of a TPU slice or a SLURM job are
   signalled at different moments): both stop after the same chunk within a bound, with one checkpoint of the
   step process 0 names, and the rerun ends where an uninterrupted run ends."""
-  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=12", "--config.chunk_steps=1"]
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=6", "--config.chunk_steps=1"]
   stopped = str(tmp_path / "stopped")
   ckpts = os.path.join(stopped, "checkpoints")
 
@@ -213,11 +213,11 @@ def test_processes_signalled_seconds_apart_stop_together_and_resume_to_the_unint
   assert len(said) == 1, _read(procs[0][1])[-2000:]
   step = int(said[0].split(" at step ")[1].split()[0])
   committed = sorted(int(n) for n in os.listdir(ckpts) if n.isdigit())
-  assert committed[-1] == step < 96, (committed, said)  # saved once, together, before the end
+  assert committed[-1] == step < 48, (committed, said)  # saved once, together, before the end
   procs = _start_two(args, stopped, str(tmp_path / "b"))
-  single = reference(12)  # chunks of one step or of a whole epoch: the same numbers
+  single = reference(6)  # chunks of one step or of a whole epoch: the same numbers
   for proc, out, err in procs:
     assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
   assert f"Resuming from step {step} " in _read(procs[0][1])
-  assert [r["epoch"] for r in metrics.read_metrics(stopped)] == list(range(1, 13))
+  assert [r["epoch"] for r in metrics.read_metrics(stopped)] == list(range(1, 7))
   _ended_alike(stopped, single)
