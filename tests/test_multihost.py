@@ -128,20 +128,22 @@ def test_two_processes_fed_from_the_host_train_as_one_device_fed_process(idx_dir
 
 
 def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_dir, tmp_path):
-  """experiments.sweep as 2 processes of 2 devices: process 0 writes sweep.json and prints, both train each
-  (setting, seed) together; the runs end where one 4-device process's sweep ends; a rerun skips them all."""
+  """experiments.sweep --vmap_seeds as 2 processes of 2 devices: process 0 writes sweep.json and prints, both train
+  each setting's two seeds together as one program; the runs end where one 4-device process's sweep of one run
+  after another ends; a rerun skips them all."""
   args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=1", "--seeds=2", "--grid=optimizer.learning_rate=0.01,0.02"]
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   port = _free_port()
   env = lambda i: _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-  procs = [_main([*args, "--root", multi], env(i), str(tmp_path / f"p{i}"), "experiments.sweep") for i in range(2)]
+  procs = [_main([*args, "--vmap_seeds", "--root", multi], env(i), str(tmp_path / f"p{i}"), "experiments.sweep")
+           for i in range(2)]
   ref = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, FOUR, "--root", single], cwd=ROOT,
                        env=_env(4), capture_output=True, text=True, timeout=600, check=False)
   assert ref.returncode == 0, ref.stderr[-3000:]
   for proc, out, err in procs:
     assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
   (_, out0, _), (_, out1, _) = procs
-  assert _read(out0).count(": done in ") == 4 and _read(out1) == ""
+  assert _read(out0).count("(vmapped with 1 other seeds)") == 4 and _read(out1) == "", _read(out0)[-2000:]
   assert sorted(os.listdir(multi)) == sorted(os.listdir(single))
   for setting in ("optimizer.learning_rate=0.01", "optimizer.learning_rate=0.02"):
     for seed in (0, 1):
