@@ -78,9 +78,10 @@ def fit(components: Components, workdir: str) -> train.TrainState:
     return state
 
 
-def place(components: Components) -> tuple[Components, jax.sharding.Mesh]:
+def place(components: Components, *, memory_limit: int | None = None) -> tuple[Components, jax.sharding.Mesh]:
   """The devices a run trains on (its mesh), said when fewer than all, and its penalty fitted to them (GPUs,
-  TPUs: examples_per_pass 0 -> what fits); UserError for a batch larger than the data or not divisible."""
+  TPUs: examples_per_pass 0 -> what fits in `memory_limit` bytes, by default the device's); UserError for a
+  batch larger than the data or not divisible."""
   s = components.settings
   n_train = components.data.train.x.shape[0]
   if s.batch_size > n_train:
@@ -101,7 +102,7 @@ def place(components: Components) -> tuple[Components, jax.sharding.Mesh]:
   note = components.penalty_mode()
   if note and parallel.is_main_process():
     print(note)
-  components, fitted = memory.fit_penalty(components, mesh)
+  components, fitted = memory.fit_penalty(components, mesh, limit=memory_limit)
   if fitted and parallel.is_main_process():
     print(fitted)
   return components, mesh

@@ -6,7 +6,8 @@ Each seed keeps everything its own run would have (init, batch order, step and e
 with config, checkpoints, metrics and TensorBoard files), so `compare`, `report` and `TrainedRun.open` read it
 as any run, and a seed's result equals its run alone to float rounding (vmap batches the matrix products:
 tests/test_sweep.py). Only the steps are vmapped; evaluation runs per seed, as alone. What changes: every
-seed's "time/epoch_s" is the wall time of the whole group's epoch, and a step's memory is N times one seed's.
+seed's "time/epoch_s" is the wall time of the whole group's epoch, and a step's memory is N times one seed's
+(on a GPU or TPU, a contractive penalty's examples_per_pass is fitted to 1/N of the device).
 experiments.sweep --vmap_seeds uses it; docs/sweeps.md says when it pays.
 """
 
@@ -74,8 +75,10 @@ def fit_seeds(parts: list[Components], workdirs: list[str], *, log=print) -> lis
     for w in workdirs:
       stack.enter_context(workdir_lib.lock(w))
     stack.enter_context(parts[0].precision())
-    first, mesh = loop.place(parts[0])
-    parts = [first] + [memory.fit_penalty(p, mesh)[0] for p in parts[1:]]
+    limit = memory.bytes_limit()  # N seeds' steps share a device: each penalty fitted to 1/N of it
+    limit = limit // len(parts) if limit else None
+    first, mesh = loop.place(parts[0], memory_limit=limit)
+    parts = [first] + [memory.fit_penalty(p, mesh, limit=limit)[0] for p in parts[1:]]
     managers = [checkpoint.make_manager(os.path.join(w, "checkpoints"), max_to_keep=p.settings.keep_checkpoints)
                 for p, w in zip(parts, workdirs)]
     for m in managers:  # one way out for every path: pending saves written, the managers closed

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import compare, report
-from jaxae import data, figures, loop, metrics, run, stats, sweep
+from jaxae import data, figures, loop, memory, metrics, run, stats, sweep
 from jaxae import seeds as seeds_lib
 from jaxae.errors import UserError
 from tests.conftest import ROOT, tiny_config
@@ -297,6 +297,20 @@ def test_only_seeds_of_one_setting_are_vmapped(make_config):
   with pytest.raises(UserError, match="needs a seed of its own"):
     seeds_lib.check_one_setting([parts[0], parts[0]])
   seeds_lib.check_one_setting(parts)
+
+
+def test_vmapped_seeds_fit_their_penalty_to_a_share_of_the_device(make_config, tmp_path, monkeypatch):
+  """N seeds in one step share a device: the contractive penalty's examples_per_pass is fitted to 1/N of its memory."""
+  parts = [run.Components.from_config(make_config(seed=s)) for s in (0, 1, 2)]
+  asked = []
+  def place(components, memory_limit=None):
+    asked.append(memory_limit)
+    raise RuntimeError("placed")
+  monkeypatch.setattr(memory, "bytes_limit", lambda: 16 * 2**30)
+  monkeypatch.setattr(loop, "place", place)
+  with pytest.raises(RuntimeError, match="placed"):
+    seeds_lib.fit_seeds(parts, [str(tmp_path / f"seed={s}") for s in (0, 1, 2) if not (tmp_path / f"seed={s}").mkdir()])
+  assert asked == [16 * 2**30 // 3]
 
 
 def test_seeds_that_change_nothing_are_called_out(finished, tmp_path):
