@@ -136,9 +136,7 @@ def anomaly_table(workdirs: list[str], out_dir: str) -> str:
     normal = scores["normal (0-8)"]
     rows.append([name, f"{normal.mean():.1f}"] + [f"{analysis.auroc(normal, scores[k]):.3f}"
                                                     for k in ("unseen digits", "noisy", "rotated 90°")])
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "scores.png")
-  figures.score_histograms(all_scores).savefig(path, dpi=100, bbox_inches="tight")
+  path = _save(figures.score_histograms(all_scores), out_dir, "scores.png", bbox_inches="tight")
   return (markdown.table(["model", "mean score of normal test digits (nats)", "AUROC: unseen digits (9s)",
                          "AUROC: noisy", "AUROC: rotated"], rows) + f"\n\nHistograms: {path}")
 
@@ -159,9 +157,7 @@ def sparsity_table(workdirs: list[str], out_dir: str) -> str:
     digits_mse, noise_mse = (float(np.mean((np.asarray(run.reconstruct(v)) - v) ** 2)) for v in (x, noise))
     rows.append([name, f"{h.shape[1]}", f"{100 * np.mean(a < 0.01):.1f}", f"{100 * np.mean(a < 0.1):.1f}",
                  f"{a.mean():.4f}", f"{int(np.sum(a.mean(0) < 0.01))}", f"{digits_mse:.4f}", f"{noise_mse:.4f}"])
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "sparsity.png")
-  figures.sparsity_comparison(codes).savefig(path, dpi=100, bbox_inches="tight")
+  path = _save(figures.sparsity_comparison(codes), out_dir, "sparsity.png", bbox_inches="tight")
   return (markdown.table(["run", "code units", "\\|h\\| < 0.01 (%)", "\\|h\\| < 0.1 (%)", "mean \\|h\\|",
                           "units with mean \\|h\\| < 0.01", "MSE per pixel, test digits", "MSE per pixel, uniform noise"],
                          rows) + f"\n\nFigure: {path}")
