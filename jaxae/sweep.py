@@ -271,8 +271,8 @@ class _Sweeper:
       self.log(f"{head}: {e}; training these seeds one after another")
       return False
     for (i, name, seed, _), workdir in zip(group, workdirs):
-      self.log(f"[{i}/{self.total}] {name} seed={seed}: done in {time.perf_counter() - t0:.0f} s (vmapped with "
-               f"{len(group) - 1} other seeds), {summary(metrics.read_metrics(workdir)[-1])}")
+      self.log(f"[{i}/{self.total}] {name} seed={seed}: done in {time.perf_counter() - t0:.0f} s (vmapped: "
+               f"{len(group)} seeds in one program), {summary(metrics.read_metrics(workdir)[-1])}")
     return True
 
 

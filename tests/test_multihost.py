@@ -143,7 +143,7 @@ def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_d
   for proc, out, err in procs:
     assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
   (_, out0, _), (_, out1, _) = procs
-  assert _read(out0).count("(vmapped with 1 other seeds)") == 4 and _read(out1) == "", _read(out0)[-2000:]
+  assert _read(out0).count("(vmapped: 2 seeds in one program)") == 4 and _read(out1) == "", _read(out0)[-2000:]
   assert sorted(os.listdir(multi)) == sorted(os.listdir(single))
   for setting in ("optimizer.learning_rate=0.01", "optimizer.learning_rate=0.02"):
     for seed in (0, 1):

@@ -251,7 +251,7 @@ def _numbers(workdir: str) -> list[dict]:
 
 
 def test_vmapped_seeds_end_where_each_seed_trained_alone_ends(finished, vmapped):
-  assert len(vmapped[1]) == 2 and all("(vmapped with 1 other seeds), test/loss " in line for line in vmapped[1])
+  assert len(vmapped[1]) == 2 and all("(vmapped: 2 seeds in one program), test/loss " in line for line in vmapped[1])
   for name in NAMES[1:]:
     for seed in (0, 1):
       alone, together = (_numbers(os.path.join(r, name, f"seed={seed}")) for r in (finished[0], vmapped[0]))
