@@ -22,30 +22,44 @@ flags.DEFINE_string("runs", None, "LABEL:WORKDIR pairs, comma-separated.", requi
 flags.DEFINE_string("out", "", "Folder for the two figures (default: the last run's figures/).")
 flags.DEFINE_integer("points", 500, "Test points for the spectra and the contraction ratios.")
 flags.DEFINE_integer("tangents", 8, "Leading Jacobian directions drawn per model at one test image (0: none).")
-flags.DEFINE_integer("tangent_index", 0, "Which test image the directions are taken at.")
+flags.DEFINE_list("tangent_index", ["0"], "Test images (of the first run; every other run takes the same digits, "
+                  "found by their pixels, whatever its order and scaling) the directions are taken at.")
 FLAGS = flags.FLAGS
 RADII = np.geomspace(0.05, 30.0, 16)
 
 
-def analyse(workdir: str, points: int) -> dict:
+def same_images(images: np.ndarray, refs: list[np.ndarray]) -> list[int]:
+  """For each reference image, the index of the closest of `images` [N, ...] in squared pixel distance: the same
+  digit in a test set read in another order or scaled a little differently (/256 against /255)."""
+  flat = images.reshape(len(images), -1)
+  return [int(np.argmin(np.sum((flat - np.reshape(r, (1, -1))) ** 2, axis=1))) for r in refs]
+
+
+def analyse(workdir: str, points: int, refs: list[np.ndarray] | None = None) -> dict:
+  """The analyses of one run; its tangents at the test images --tangent_index, or (`refs`, the first run's
+  images) at the test images that look the same in this run (another order, another scaling)."""
   run = TrainedRun.open(workdir)
   encode, x = run.encode_one(), run.data.test.x
+  shown = np.asarray(run.data.images(x))
+  at = [int(i) for i in FLAGS.tangent_index] if refs is None else same_images(shown, refs)
   with run.precision():
     sv = np.asarray(analysis.jacobian_singular_values(encode, x[:points]))
     return {"spectrum": sv.mean(0), "singular_values": sv,
             "ratios": np.asarray(analysis.contraction_ratios(jax.random.PRNGKey(0), encode, x[:points], RADII)),
             "jf": float(np.mean(np.asarray(analysis.jacobian_frobenius_norm(encode, x)))),
             "sv_above_1pct": float(np.mean(np.sum(sv > 0.01 * sv[:, :1], axis=1))),
-            "tangents": (np.asarray(run.data.images(x[FLAGS.tangent_index:FLAGS.tangent_index + 1]))[0],
-                         *analysis.jacobian_tangents(encode, x[FLAGS.tangent_index], num=FLAGS.tangents)[::-1]),
-            "image_shape": run.data.image_shape, "value_range": run.data.value_range}
+            "tangents": [(shown[i], *analysis.jacobian_tangents(encode, x[i], num=FLAGS.tangents)[::-1]) for i in at],
+            "at": at, "image_shape": run.data.image_shape, "value_range": run.data.value_range}
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   runs = dict(pair.split(":", 1) for pair in FLAGS.runs.split(","))
-  results = {label: analyse(workdir, FLAGS.points) for label, workdir in tqdm(runs.items(), desc="runs")}
+  results, refs = {}, None
+  for label, workdir in tqdm(runs.items(), desc="runs"):
+    results[label] = analyse(workdir, FLAGS.points, refs)
+    refs = refs or [t[0] for t in results[label]["tangents"]]  # the first run's digits, for every other run
   out = FLAGS.out or os.path.join(list(runs.values())[-1], "figures")
   os.makedirs(out, exist_ok=True)
   made = {"jacobian_spectra.png": figures.spectra({k: r["spectrum"] for k, r in results.items()}),
@@ -55,8 +69,10 @@ def main(argv):
   if FLAGS.tangents:
     last = list(results.values())[-1]
     made["tangents.png"] = figures.tangents(
-        {k: r["tangents"] for k, r in results.items()}, shape=last["image_shape"], value_range=last["value_range"],
-        title=f"Test image {FLAGS.tangent_index} and the leading right singular vectors of dh/dx")
+        {f"{k}, test image {i}": t for k, r in results.items() for i, t in zip(r["at"], r["tangents"])},
+        shape=last["image_shape"], value_range=last["value_range"],
+        title="The same test digits in every run (each run's own index) and the leading right singular vectors "
+              "of dh/dx")
   for name, fig in made.items():
     fig.savefig(os.path.join(out, name), dpi=110)
     print(os.path.join(out, name))

@@ -210,10 +210,12 @@ MANIFEST: tuple[Drawing, ...] = (
         "filters.png": "The first 100 of the 256 first-layer filters, each scaled to its own range",
         "code_interpretation.png": INTERPRET}, OLD.format("34a9455")),
     Drawing("tangents", "S5, S6", "cae_analysis", (S5["ae"], S5["dae"], S5["cae"], S6, CAE_DEEP), {
-        "tangents.png": "Test image 0 and the 8 leading right singular vectors of dh/dx (red +, blue -)",
+        "tangents.png": "Two test digits, a 7 and a 2 (test images 0 and 1 of the S5 runs' IDX order; each run takes "
+                        "the same two digits from its own test set), and the 8 leading right singular vectors of dh/dx "
+                        "at each (red +, blue -)",
         "jacobian_spectra.png": "Singular values of dh/dx, mean over the first 500 test images",
         "contraction_ratios.png": "Contraction ratio against the distance r, mean over the first 500 test images"},
-        OLD.format("5d067a8"), labels=("AE", "DAE", "CAE", "deep AE (S6)", "deep CAE")),
+        OLD.format("5d067a8"), labels=("AE", "DAE", "CAE", "deep AE (S6)", "deep CAE"), args=("--tangent_index=0,1",)),
     Drawing("anomaly", "uses", "anomaly", ANOMALY, {
         "scores.png": "Histograms of the anomaly scores of normal test digits (0-8), 9s, noisy and rotated digits"},
         OLD.format("d5e0074")),

@@ -172,3 +172,14 @@ def test_rotate_turns_images_a_quarter():
   turned = analysis.rotate(image.reshape(1, -1), (28, 28)).reshape(28, 28)
   assert turned[0, 0] == 1.0 and turned.sum() == 1.0
   np.testing.assert_array_equal(analysis.rotate(image.reshape(1, -1), (28, 28), quarter_turns=4), image.reshape(1, -1))
+
+
+def test_cae_analysis_finds_the_same_digits_in_a_test_set_of_another_order_and_scaling():
+  from experiments import cae_analysis  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+  codes = rng.integers(0, 256, size=(50, 28, 28, 1))
+  first = codes / 256.0  # S5's scaling, IDX order
+  order = rng.permutation(50)
+  other = codes[order] / 255.0  # S6's scaling, another order
+  at = cae_analysis.same_images(other, [first[0], first[1], first[17]])
+  assert [int(order[i]) for i in at] == [0, 1, 17]
