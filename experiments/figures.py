@@ -110,6 +110,9 @@ SEEDS = {r.name: tuple(dataclasses.replace(r, name=f"{r.name}_seed{k}", seed=k) 
 IDX = "reads the MNIST IDX files: set JAXAE_IDX_DIR"
 S5 = {v: Run(n, f"cae_theano.py:{v}", 20, 2.5, note=IDX) for v, n in (("cae", "s5"), ("ae", "s5_ae"), ("ae_wd", "s5_ae_wd"),
                                                             ("dae", "s5_dae"))}
+S5_SEEDED = tuple(Run("s5_seeded" + (f"_seed{k}" if k else ""), "cae_theano.py:cae", 20, 2.5, seed=k, note=IDX,
+                      overrides=("--config.model.kwargs.kernel_init=jaxae.models.tied:theano_sigmoid_uniform",))
+                  for k in (0, 1, 2))  # S5 with W drawn from the seed (its own W is one draw of RandomState(123))
 S6, CAE_DEEP = Run("s6", "stacked_tied.py", 30, 5.3), Run("cae_deep", "cae_deep.py", 30, 20.5)
 ANOMALY = tuple(Run(f"anomaly_{v}", f"anomaly.py:{v}", 30, minutes)  # measured 2026-12-03, beside other jobs
                 for v, minutes in (("ae", 1.7), ("dae", 2.6), ("cae", 3.2), ("vae", 1.9)))
@@ -194,6 +197,9 @@ MANIFEST: tuple[Drawing, ...] = (
         "filters.png": "The first 100 of the 500 filters (columns of W), each scaled to its own range",
         "reconstructions.png": RECON + " (IDX file order)", "loss_curves.png": LOSS + " (cross-entropy, penalty)"},
         OLD.format("555f7ec (loss curves 26b2fca)")),
+    Drawing("s5", "S5", "seeds", S5_SEEDED, {"loss_curves_over_seeds.png": SEED_CURVES + "; W drawn from the seed "
+                                                                        "(not the tutorial's RandomState(123))"},
+            "new in this command; no earlier PNG", name="s5_seeds"),
     Drawing("s5", "S5", "cae_analysis", (S5["ae"], S5["ae_wd"], S5["dae"], S5["cae"]), {
         "jacobian_spectra.png": "Singular values of dh/dx, mean over the first 500 test images",
         "jacobian_spectra_normalized.png": "sigma_k / sigma_1 of dh/dx, median over the first 500 test images, "
