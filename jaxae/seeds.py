@@ -79,10 +79,7 @@ def fit_seeds(parts: list[Components], workdirs: list[str], *, log=print) -> lis
     limit = limit // len(parts) if limit else None
     first, mesh = loop.place(parts[0], memory_limit=limit)
     parts = [first] + [memory.fit_penalty(p, mesh, limit=limit)[0] for p in parts[1:]]
-    managers = [checkpoint.make_manager(os.path.join(w, "checkpoints"), max_to_keep=p.settings.keep_checkpoints)
-                for p, w in zip(parts, workdirs)]
-    for m in managers:  # one way out for every path: pending saves written, the managers closed
-      stack.callback(checkpoint.finish, m)
+    managers = stack.enter_context(_managers(parts, workdirs))
     programs = [loop.build(p, mesh) for p in parts]
     states = [checkpoint.restore_latest(m, prog.state, start_over=prog.components.settings.start_over_if_damaged)
               for m, prog in zip(managers, programs)]
@@ -91,6 +88,23 @@ def fit_seeds(parts: list[Components], workdirs: list[str], *, log=print) -> lis
       return _train_together(runs, states, mesh)
   log("The seeds' checkpoints are at different steps: training them one after another.")
   return [loop.fit(p, w) for p, w in zip(parts, workdirs)]
+
+
+@contextlib.contextmanager
+def _managers(parts: list[Components], workdirs: list[str]):
+  """Each seed's checkpoint manager; one way out for every path: pending saves written and the managers closed
+  (after an error, quietly: the first error is the one to report)."""
+  managers = [checkpoint.make_manager(os.path.join(w, "checkpoints"), max_to_keep=p.settings.keep_checkpoints)
+              for p, w in zip(parts, workdirs)]
+  try:
+    yield managers
+  except BaseException:
+    for m in managers:
+      with contextlib.suppress(Exception):
+        checkpoint.finish(m)
+    raise
+  for m in managers:
+    checkpoint.finish(m)
 
 
 def _train_together(runs: list[loop.Epochs], states: list, mesh: jax.sharding.Mesh) -> list[train.TrainState]:
