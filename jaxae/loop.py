@@ -203,30 +203,50 @@ def _train_epoch(run: Epochs, state, epoch: int, writer, stop: dict):
     state, steps = run_steps(p.chunk, state, p.train_x, idx, p.step_key,
                              chunk_steps=p.chunk_steps, bar=bar, stop=lambda: agreed(bool(stop["stop"])))
   stopped = steps["loss"].shape[0] < idx.shape[0]  # a stop signal mid-epoch
-  if before:
-    steps = {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before}
-  seconds = seconds_before + time.perf_counter() - t0
+  steps, seconds = with_partial(before, steps), seconds_before + time.perf_counter() - t0
   if stopped:  # keep the steps taken and their metrics, stop
-    check_params_finite(state.params, epoch=epoch + 1)
-    checkpoint.save(run.manager, state)
-    if run.main:
-      save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
+    save_cut_short(run, state, epoch, steps, seconds)
     raise stop_error(state, steps_per_epoch, run.workdir, stop["stop"] or ANOTHER)
   record = epoch_record(run, state, epoch, steps, seconds)
   check_finite(record, epoch=epoch + 1)  # before the record is written: a diverged epoch leaves none
-  if run.main:
-    writer.write(int(state.step), record)
-    if before:
-      os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))  # now in the record
+  keep_record(run, state, record, writer, had_partial=bool(before))
   check_params_finite(state.params, epoch=epoch + 1)
   stopping = agreed(bool(stop["stop"]))  # every process decides the same, at the same point
-  if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stopping:
+  if checkpoint_due(s, epoch, stopping):
     checkpoint.save(run.manager, state)
   if run.main:
     tqdm.write(console_line(epoch + 1, s.epochs, record))
   if stopping:
     raise stop_error(state, steps_per_epoch, run.workdir, stop["stop"] or ANOTHER)
   return state
+
+
+def with_partial(before: dict[str, np.ndarray], steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The epoch's per-step metrics: those saved when it was cut short (`before`, see `load_partial_epoch`), then
+  the steps taken since."""
+  return {k: np.concatenate([before[k], v]) for k, v in steps.items() if k in before} if before else steps
+
+
+def save_cut_short(run: Epochs, state, epoch: int, steps: dict[str, np.ndarray], seconds: float) -> None:
+  """A stop mid-epoch: the state saved, and beside it the epoch's per-step metrics so far (process 0), for the
+  resumed epoch's record to cover the whole epoch."""
+  check_params_finite(state.params, epoch=epoch + 1)
+  checkpoint.save(run.manager, state)
+  if run.main:
+    save_partial_epoch(run.workdir, epoch, int(state.step) - steps["loss"].shape[0], steps, seconds)
+
+
+def keep_record(run: Epochs, state, record: dict, writer, *, had_partial: bool) -> None:
+  """The epoch's record written (process 0); the metrics saved when it was cut short, now in it, removed."""
+  if run.main:
+    writer.write(int(state.step), record)
+    if had_partial:
+      os.remove(os.path.join(run.workdir, PARTIAL_EPOCH_FILE))
+
+
+def checkpoint_due(s, epoch: int, stopping: bool) -> bool:
+  """Whether epoch `epoch` (0-based) ends with a checkpoint: every config.checkpoint_every_epochs, the last, a stop."""
+  return (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stopping
 
 
 ANOTHER = "a stop signal to another process of the run"

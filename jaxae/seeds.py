@@ -14,6 +14,7 @@ experiments.sweep --vmap_seeds uses it; docs/sweeps.md says when it pays.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -21,7 +22,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from jaxae import checkpoint, data, loop, memory, parallel, train
@@ -80,7 +80,10 @@ def fit_seeds(parts: list[Components], workdirs: list[str], *, log=print) -> lis
     first, mesh = loop.place(parts[0], memory_limit=limit)
     parts = [first] + [memory.fit_penalty(p, mesh, limit=limit)[0] for p in parts[1:]]
     managers = stack.enter_context(_managers(parts, workdirs))
-    programs = [loop.build(p, mesh) for p in parts]
+    programs = [loop.build(parts[0], mesh)]
+    for p in parts[1:]:  # one copy of the data on the devices for every seed, not one per seed
+      programs.append(dataclasses.replace(loop.build(p, mesh), train_x=programs[0].train_x,
+                                          test_x=programs[0].test_x))
     states = [checkpoint.restore_latest(m, prog.state, start_over=prog.components.settings.start_over_if_damaged)
               for m, prog in zip(managers, programs)]
     if len({int(s.step) for s in states}) == 1:
@@ -150,14 +153,10 @@ def _epoch(runs: list[loop.Epochs], chunk: Callable, keys: jax.Array, stacked, e
     stacked, steps = loop.run_steps(chunk, stacked, p0.train_x, idx, keys, chunk_steps=p0.chunk_steps, bar=bar,
                                     stop=lambda: loop.agreed(bool(stop["stop"])))
   states, seconds = _unstack(stacked, len(runs)), time.perf_counter() - t0
-  per_seed = [{k: np.concatenate([b[k], v[:, i]]) if k in b else v[:, i] for k, v in steps.items()
-               if not b or k in b} for i, (b, _) in enumerate(before)]
+  per_seed = [loop.with_partial(b, {k: v[:, i] for k, v in steps.items()}) for i, (b, _) in enumerate(before)]
   if steps["loss"].shape[0] < idx.shape[0]:  # a stop signal mid-epoch: every seed saved, then stop
     for r, state, st, (_, secs) in zip(runs, states, per_seed, before):
-      check_params_finite(state.params, epoch=epoch + 1)
-      checkpoint.save(r.manager, state)
-      if main:
-        loop.save_partial_epoch(r.workdir, epoch, int(state.step) - st["loss"].shape[0], st, secs + seconds)
+      loop.save_cut_short(r, state, epoch, st, secs + seconds)
     raise loop.stop_error(states[0], p0.steps_per_epoch, runs[0].workdir, stop["stop"] or loop.ANOTHER)
   records = [loop.epoch_record(r, state, epoch, st, secs + seconds)
              for r, state, st, (_, secs) in zip(runs, states, per_seed, before)]
@@ -169,11 +168,8 @@ def _epoch(runs: list[loop.Epochs], chunk: Callable, keys: jax.Array, stacked, e
       raise FloatingPointError(f"seed {r.program.components.settings.seed}: {e}") from e
   stopping = loop.agreed(bool(stop["stop"]))
   for r, record, state, writer, (b, _) in zip(runs, records, states, writers, before):
-    if main:
-      writer.write(int(state.step), record)
-      if b:
-        os.remove(os.path.join(r.workdir, loop.PARTIAL_EPOCH_FILE))
-    if (epoch + 1) % s.checkpoint_every_epochs == 0 or epoch + 1 == s.epochs or stopping:
+    loop.keep_record(r, state, record, writer, had_partial=bool(b))
+    if loop.checkpoint_due(s, epoch, stopping):
       checkpoint.save(r.manager, state)
   if main:
     tqdm.write(f"{len(runs)} seeds, " + loop.console_line(epoch + 1, s.epochs, records[0]) + " (the first seed)")
