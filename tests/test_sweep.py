@@ -351,3 +351,14 @@ def test_sweep_table_digits_follow_the_interval_and_times_stop_at_zero():
   assert cells[:2] == [["0.0912", "0.0012", "[0.0900, 0.0925]"], ["0.1000", "0.0456", "[0.0544, 0.1456]"]]
   assert cells[2] == ["0.039", "0.050", "[0*, 0.089]"]
   assert "cut at 0" in compare.sweep_table(rows, [])
+
+
+def test_a_vmapped_setting_that_diverges_goes_back_to_one_seed_after_another(make_config, tmp_path):
+  base = make_config(epochs=2)
+  base.optimizer.name, base.optimizer.learning_rate = "sgd", 1e3
+  base.model.kwargs.output_activation = "linear"
+  lines = []
+  failed = sweep.run_sweep(base, {}, [0, 1], str(tmp_path), vmap_seeds=True, log=lines.append)
+  assert failed == 2, lines
+  assert "training these seeds one after another" in lines[0] and "not finite" in lines[0], lines
+  assert [line.split(": ")[1].split(" ")[0] for line in lines[1:]] == ["failed", "failed"], lines
