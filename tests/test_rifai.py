@@ -14,6 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import compare
+from experiments import records as kept_records
 from experiments.rifai import columns, finetuning, protocol, tables
 from experiments.rifai import figures as rifai_figures
 from experiments.rifai.finetuning import Schedule
@@ -107,6 +108,17 @@ def test_rifai_pretrains_fine_tunes_and_tabulates(idx_dir, tmp_path, monkeypatch
     with pytest.raises(UserError, match="give another --root"):
       finetuning.pretrain_and_finetune(config, workdir("ae", None), parts, lrs=[0.1], schedule=_cosine(epochs, batch))
   assert longer.epochs == 3 and protocol.configure("mlp", "", None, smoke=True, pretrain_epochs=3).epochs == 0
+  # The records alone (experiments.records, what the repository keeps of a study) print the same tables.
+  with open(os.path.join(workdir("cae", 0.3), "finetune_lr0.5.json.snapshot"), "w", encoding="utf-8") as f:
+    f.write("{}")  # a fine-tuning in progress: not a record
+  kept = str(tmp_path.parent / f"{tmp_path.name}_records")
+  copied = kept_records.copy_records(str(tmp_path), kept)
+  assert os.path.join("cae_0.3", "seed=0", "columns.json") in copied
+  assert all(name.endswith((".json", ".jsonl")) for name in copied)
+  assert not any(part in {"checkpoints", "tensorboard", "figures"} for p in copied for part in p.split(os.sep))
+  assert tables.rifai_tables(kept) == tables.rifai_tables(str(tmp_path))
+  with pytest.raises(UserError, match="inside --src"):
+    kept_records.copy_records(str(tmp_path), str(tmp_path / "kept"))
 
 
 def test_constant_rate_fine_tuning_resumes_after_a_kill_as_if_never_stopped(idx_dir, tmp_path, monkeypatch):
