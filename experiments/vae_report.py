@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from jaxae import analysis, figures, metrics
+from jaxae import analysis, data, figures, metrics
 from jaxae.errors import UserError
 from jaxae.report import one_per_class
 from jaxae.run import TrainedRun
@@ -113,7 +113,7 @@ def report(workdir: str, *, figures_dir: str = "", num_samples: int = 5000, test
     kept = run.checkpoint_params()
     if len(kept) > 1:
       x = test.x[np.array(list(first.values()))]
-      steps_per_epoch = run.data.train.x.shape[0] // config.batch_size
+      steps_per_epoch = data.steps_per_epoch(run.data.train_examples, config.batch_size, run.components.data_shards)
       rows = [run.data.images(x)] + [run.data.images(decode(p, mu(p, x))) for p in kept.values()]
       save(figures.image_rows(rows, row_titles=["input"] + [f"epoch {s // steps_per_epoch}" for s in kept],
                               shape=shape, value_range=value_range), "reconstructions_by_epoch.png")

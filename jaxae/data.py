@@ -158,6 +158,13 @@ class Split(NamedTuple):
   labels: jax.Array
 
 
+class Share(NamedTuple):
+  """Rows [start, stop) of a training split of `total` examples: what one process holds of it."""
+  start: int
+  stop: int
+  total: int
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Both splits on the device, and what one example is.
@@ -168,11 +175,19 @@ class Dataset:
     offset: what the scaling subtracted, added back for display: the mean training image [D] for
       "centered", else 0.
     value_range: (low, high) of the scaled pixels plus `offset`, for display.
+    train_share: where the training split's x and labels hold only this process's rows of it (`data.shards`, fed
+      from the host on several processes; see `process_share`), which rows; None where they hold it whole.
   """
   splits: dict[str, Split]
   image_shape: tuple[int, int, int]
   offset: np.ndarray | float = 0.0
   value_range: tuple[float, float] = (0.0, 1.0)
+  train_share: Share | None = None
+
+  @property
+  def train_examples(self) -> int:
+    """N of the whole training split, also where this process holds only its share of it."""
+    return self.train.x.shape[0] if self.train_share is None else self.train_share.total
 
   @property
   def train(self) -> Split:
@@ -237,7 +252,7 @@ def keep_classes(images: np.ndarray, labels: np.ndarray, classes: Sequence[int])
 def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", scaling: str = "unit",
                  grayscale: bool = False, train_subset: int = 0, test_subset: int = 0, data_dir: str = "",
                  download: bool = True, train_classes: Sequence[int] = (), feed: str = "auto",
-                 dtype=jnp.float32) -> Dataset:
+                 shards: int = 1, dtype=jnp.float32) -> Dataset:
   """Both splits, preprocessed, as device arrays, with their image shape.
 
   Takes the config's data fields as keywords: `load_dataset(dtype=..., **config.data.to_dict())`.
@@ -259,6 +274,10 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
       (kept on the host, uint8 where exact; the training loop gathers each chunk's batches there and sends
       them, each process its own devices' share), "auto" (host when it would take more than a quarter of a
       device's memory, on platforms that report it; else device).
+    shards: the training split cut into this many equal, contiguous shards; every batch takes batch_size / shards
+      examples of each (`epoch_indices`), so that with several processes fed from the host each keeps only its
+      own shards (`process_share`): the batches depend on `shards`, not on the number of processes. 1: one
+      permutation of the whole split.
     dtype: float dtype of the images on the device.
 
   Returns:
@@ -266,9 +285,37 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
   """
   if scaling not in SCALINGS:
     raise UserError(f"Unknown data scaling {scaling!r}; known: {', '.join(SCALINGS)}.")
+  raw = _read_both(source, name=name, path=path, data_dir=data_dir, download=download, grayscale=grayscale,
+                   subsets={"train": train_subset, "test": test_subset}, train_classes=train_classes)
+  train_images = raw["train"][0]
+  mean = None
+  if scaling == "centered":
+    mean = train_images.reshape(len(train_images), -1).mean(0) / (255.0 if train_images.dtype == np.uint8 else 1.0)
+  check_shards(shards, len(train_images))
+  splits, share = {}, None
+  for split, (images, labels) in raw.items():
+    host = split == "train" and _feed_from_host(feed, images.size * (1 if images.dtype == np.uint8 else
+                                                                      jnp.dtype(dtype).itemsize))
+    if host and shards > 1 and jax.process_count() > 1:  # this process keeps its own shards only
+      share = process_share(len(images), shards, jax.process_index(), jax.process_count())
+      images, labels = images[share.start:share.stop], labels[share.start:share.stop]
+    x = pixels(images, scaling=scaling, dtype=dtype, on_host=host) if split == "train" else None  # uint8 kept
+    if x is None:
+      x = scale(images, scaling=scaling, mean=mean)
+      refuse_non_finite(x, split=split, scaling=scaling)
+      x = np.asarray(x, dtype) if host else jnp.asarray(x, dtype)
+    splits[split] = Split(x, jnp.asarray(labels, jnp.int32))
+  return Dataset(splits, tuple(int(n) for n in train_images.shape[1:]), 0.0 if mean is None else mean,
+                 (-1.0, 1.0) if scaling == "symmetric" else (0.0, 1.0), share)
+
+
+def _read_both(source: str, *, subsets: dict[str, int], train_classes: Sequence[int], grayscale: bool, **fields
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{split: (images, labels)} of both splits as `load_dataset` takes them: subsets, classes, grayscale applied;
+  UserError where the two splits' images differ in shape or dtype."""
   raw = {}
-  for split, n in (("train", train_subset), ("test", test_subset)):
-    images, labels = read_split(source, split, name=name, path=path, data_dir=data_dir, download=download)
+  for split, n in subsets.items():
+    images, labels = read_split(source, split, **fields)
     if n:
       images, labels = images[:n], labels[:n]
     if split == "train" and len(train_classes):
@@ -278,21 +325,33 @@ def load_dataset(*, source: str = "tfds", name: str = "mnist", path: str = "", s
   if train_images.shape[1:] != test_images.shape[1:] or train_images.dtype != test_images.dtype:
     raise UserError(f"The train images are {train_images.dtype} {train_images.shape[1:]} and the test images "
                     f"{test_images.dtype} {test_images.shape[1:]}; both splits need one image shape and dtype.")
-  mean = None
-  if scaling == "centered":
-    mean = train_images.reshape(len(train_images), -1).mean(0) / (255.0 if train_images.dtype == np.uint8 else 1.0)
-  splits = {}
-  for split, (images, labels) in raw.items():
-    host = split == "train" and _feed_from_host(feed, images.size * (1 if images.dtype == np.uint8 else
-                                                                      jnp.dtype(dtype).itemsize))
-    x = pixels(images, scaling=scaling, dtype=dtype, on_host=host) if split == "train" else None  # uint8 kept
-    if x is None:
-      x = scale(images, scaling=scaling, mean=mean)
-      refuse_non_finite(x, split=split, scaling=scaling)
-      x = np.asarray(x, dtype) if host else jnp.asarray(x, dtype)
-    splits[split] = Split(x, jnp.asarray(labels, jnp.int32))
-  return Dataset(splits, tuple(int(n) for n in train_images.shape[1:]), 0.0 if mean is None else mean,
-                 (-1.0, 1.0) if scaling == "symmetric" else (0.0, 1.0))
+  return raw
+
+
+def check_shards(shards: int, num_examples: int) -> None:
+  """UserError for a data.shards that is not a positive integer or leaves a shard empty."""
+  if not isinstance(shards, int) or shards < 1:
+    raise UserError(f"data.shards must be a positive integer, got {shards!r}; 1 (the default) shuffles the whole "
+                    "training split as one.")
+  if num_examples < shards:
+    raise UserError(f"data.shards={shards} is more than the {num_examples} training examples; lower it.")
+
+
+def process_share(num_examples: int, shards: int, process: int, processes: int) -> Share:
+  """The rows of a training split of `num_examples` in `shards` shards that process `process` of `processes` holds:
+  its shards process * shards / processes to (process + 1) * shards / processes (each num_examples // shards rows;
+  the last num_examples % shards rows are in no shard)."""
+  if shards % processes:
+    raise UserError(f"data.shards={shards} does not divide over the {processes} processes; set --config.data.shards "
+                    f"to a multiple of {processes}, so that each process holds whole shards.")
+  per, k = num_examples // shards, shards // processes
+  return Share(process * k * per, (process + 1) * k * per, num_examples)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, shards: int = 1) -> int:
+  """Full batches in one epoch: with `shards`, each batch takes batch_size / shards examples of each shard of
+  num_examples // shards."""
+  return (num_examples // shards) // (batch_size // shards)
 
 
 def synthetic(key: jax.Array, image_shape: Sequence[int], *, n_train: int, n_test: int = 1,
@@ -332,17 +391,30 @@ def refuse_non_finite(x: np.ndarray, *, split: str, scaling: str) -> None:
         "the data files if they are damaged.")
 
 
-@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "shuffle"))
+@functools.partial(jax.jit, static_argnames=("num_examples", "batch_size", "shuffle", "shards"))
 def epoch_indices(data_key: jax.Array, epoch: int, num_examples: int, batch_size: int, *,
-                  shuffle: bool = True) -> jax.Array:
-  """Example indices of one epoch's batches, [num_examples // batch_size, batch_size] int32.
+                  shuffle: bool = True, shards: int = 1) -> jax.Array:
+  """Example indices of one epoch's batches, [steps_per_epoch(num_examples, batch_size, shards), batch_size] int32.
 
   The order is a function of (data_key, epoch) alone, so a resumed run replays it exactly; the last
-  incomplete batch is dropped. With shuffle=False the batches follow the data's own order.
+  incomplete batch is dropped. With shuffle=False the batches follow the data's own order. With `shards` > 1
+  the split is cut into that many contiguous shards of num_examples // shards, each permuted by a key of its own,
+  and each batch is the shards' next batch_size / shards examples side by side, shard 0 first.
   """
-  steps = num_examples // batch_size
-  if shuffle:
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-  else:
-    order = jnp.arange(num_examples)
-  return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+  if shards == 1:
+    steps = num_examples // batch_size
+    if shuffle:
+      order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+    else:
+      order = jnp.arange(num_examples)
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+  if batch_size % shards:
+    raise UserError(f"batch_size={batch_size} does not divide into data.shards={shards}; each batch takes as many "
+                    "examples of every shard: set --config.batch_size to a multiple of the shards.")
+  per, b = num_examples // shards, batch_size // shards
+  steps, key = per // b, jax.random.fold_in(data_key, epoch)
+  columns = []
+  for shard in range(shards):
+    order = jax.random.permutation(jax.random.fold_in(key, shard), per) if shuffle else jnp.arange(per)
+    columns.append(order[: steps * b].reshape(steps, b) + shard * per)
+  return jnp.concatenate(columns, axis=1).astype(jnp.int32)

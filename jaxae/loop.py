@@ -83,11 +83,19 @@ def place(components: Components, *, memory_limit: int | None = None) -> tuple[C
   TPUs: examples_per_pass 0 -> what fits in `memory_limit` bytes, by default the device's); UserError for a
   batch larger than the data or not divisible."""
   s = components.settings
-  n_train = components.data.train.x.shape[0]
+  n_train = components.data.train_examples
+  shards = components.data_shards
+  if s.batch_size % shards:
+    raise UserError(f"config.batch_size={s.batch_size} does not divide into data.shards={shards} (each batch takes "
+                    "as many examples of every shard); set --config.batch_size to a multiple of the shards.")
   if s.batch_size > n_train:
     raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
                     "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                     "keeps all).")
+  if s.batch_size // shards > n_train // shards:
+    raise UserError(f"config.batch_size={s.batch_size} takes {s.batch_size // shards} examples of each of the "
+                    f"data.shards={shards} shards, which hold {n_train // shards}; lower --config.batch_size or "
+                    "data.shards.")
   flops = (components.step_flops() if jax.device_count() > 1 and jax.process_count() == 1 and not s.num_devices
            else None)  # several hosts take every device: nothing to decide
   mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))
@@ -99,6 +107,10 @@ def place(components: Components, *, memory_limit: int | None = None) -> tuple[C
            f"{parallel.MIN_FLOPS_PER_DEVICE / 1e9:.0f} GFLOP per device")
     print(f"Training on {mesh.devices.size} of the {jax.device_count()} devices: {why} (set "
           f"--config.num_devices=N to choose).")
+  share = components.data.train_share
+  if share is not None and parallel.is_main_process():
+    print(f"Each of the {jax.process_count()} processes holds only its shards of the training split: "
+          f"{share.stop - share.start} of its {share.total} examples (data.shards={components.data_shards}).")
   note = components.penalty_mode()
   if note and parallel.is_main_process():
     print(note)
@@ -106,6 +118,21 @@ def place(components: Components, *, memory_limit: int | None = None) -> tuple[C
   if fitted and parallel.is_main_process():
     print(fitted)
   return components, mesh
+
+
+def local_rows(components: Components, mesh: jax.sharding.Mesh) -> tuple[int, int] | None:
+  """Where this process holds only its shards of the training split (data.Dataset.train_share): the columns
+  [lo, hi) of every batch that its devices hold, checked to be exactly its shards' examples; else None."""
+  share, shards, batch = components.data.train_share, components.data_shards, components.settings.batch_size
+  if share is None:
+    return None
+  lo, hi = parallel.process_rows(mesh, batch)
+  per = share.total // shards
+  if (lo, hi) != (share.start // per * (batch // shards), share.stop // per * (batch // shards)):
+    raise UserError(f"This process holds shards {share.start // per} to {share.stop // per - 1} of data.shards="
+                    f"{shards}, but its devices hold columns {lo}-{hi - 1} of each batch of {batch}; train on every "
+                    "device (--config.num_devices=0) or set --config.data.shards=1.")
+  return lo, hi
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +150,8 @@ class Program:
 
   @property
   def steps_per_epoch(self) -> int:
-    return self.train_x.shape[0] // self.components.settings.batch_size
+    c = self.components
+    return data.steps_per_epoch(c.data.train_examples, c.settings.batch_size, c.data_shards)
 
   @property
   def chunk_steps(self) -> int:
@@ -134,7 +162,8 @@ class Program:
   def epoch_indices(self, epoch: int) -> jax.Array:
     """The batches of `epoch`, [steps_per_epoch, batch_size] example indices."""
     s = self.components.settings
-    return data.epoch_indices(self.data_key, epoch, self.train_x.shape[0], s.batch_size, shuffle=s.shuffle)
+    return data.epoch_indices(self.data_key, epoch, self.components.data.train_examples, s.batch_size,
+                              shuffle=s.shuffle, shards=self.components.data_shards)
 
 
 def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
@@ -150,9 +179,13 @@ def build(components: Components, mesh: jax.sharding.Mesh) -> Program:
   test_x = parallel.replicate(d.test.x, mesh)
   if data.on_host(d.train.x):  # data.feed "host": each chunk's batches gathered here and sent
     fed = train.make_fed_chunk(step, mesh, unroll=s.scan_unroll)
+    rows = local_rows(components, mesh)
 
     def chunk(state, train_x, idx, step_key):
-      return fed(state, parallel.put_batches(data.take(train_x, np.asarray(idx)), mesh), step_key)
+      if rows is None:
+        return fed(state, parallel.put_batches(data.take(train_x, np.asarray(idx)), mesh), step_key)
+      local = np.asarray(idx)[:, rows[0]:rows[1]] - d.train_share.start  # this process's rows, in its own share
+      return fed(state, parallel.put_local_batches(data.take(train_x, local), mesh, s.batch_size), step_key)
     return Program(components, state, chunk, evaluate, d.train.x, test_x, data_key, step_key)
   train_x = parallel.replicate(d.train.x, mesh)
   return Program(components, state, train.make_train_chunk(step, mesh, unroll=s.scan_unroll), evaluate,

@@ -158,6 +158,23 @@ def put_batches(batches: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_single_device_arrays(batches.shape, sharding, shards)
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+  """[lo, hi): the examples of a batch of `batch_size` (split along the mesh) that this process's devices hold."""
+  index = NamedSharding(mesh, PartitionSpec(AXIS)).addressable_devices_indices_map((batch_size,)).values()
+  starts, stops = [i[0].start or 0 for i in index], [batch_size if i[0].stop is None else i[0].stop for i in index]
+  lo, hi = min(starts), max(stops)
+  if sum(b - a for a, b in set(zip(starts, stops))) != hi - lo:
+    raise ValueError(f"this process's devices hold no contiguous block of the batch: {sorted(zip(starts, stops))}")
+  return lo, hi
+
+
+def put_local_batches(local: np.ndarray, mesh: Mesh, batch_size: int) -> jax.Array:
+  """This process's columns of host batches [S, b, ...] (`process_rows`) as the global array [S, batch_size, ...]
+  split along the batch over the mesh: no process holds or sends another's examples."""
+  sharding = NamedSharding(mesh, PartitionSpec(None, AXIS))
+  return jax.make_array_from_process_local_data(sharding, local, (local.shape[0], batch_size, *local.shape[2:]))
+
+
 def shard_batch(batch: jax.Array, mesh: Mesh | None) -> jax.Array:
   """Inside jit: asks XLA to split `batch` [B, ...] along the "data" axis (a no-op without a mesh)."""
   return batch if mesh is None else jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))

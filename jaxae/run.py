@@ -113,6 +113,11 @@ class Components:
     return Settings.from_config(config)
 
   @property
+  def data_shards(self) -> int:
+    """config.data.shards (1 for a config saved before the field existed)."""
+    return int(self.config.data.get("shards", 1))
+
+  @property
   def config_json(self) -> str:
     """The config as the run's config.json holds it."""
     return self.config.to_json_best_effort(indent=2)

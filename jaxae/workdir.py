@@ -78,6 +78,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
+# Config fields added since runs were first saved, with the value that gives a saved run's old behaviour: a config.json
+# without one resumes under a config holding that value.
+ADDED_FIELDS = {"data.shards": 1}
+
+
 def refuse_changed_config(workdir: str, config_json: str, *, allow: bool, resumable=()) -> None:
   """Raises UserError when `workdir` holds checkpoints of a run whose config.json differs from
   `config_json` in a field outside `resumable` (dotted names; unless `allow`); the message lists old -> new."""
@@ -93,6 +98,7 @@ def refuse_changed_config(workdir: str, config_json: str, *, allow: bool, resuma
                     "If this is the command that trained it, add --config.allow_config_change=True: it rewrites "
                     "config.json and resumes from the checkpoints.") from e
   new = _flatten(json.loads(config_json))
+  old = {**{k: v for k, v in ADDED_FIELDS.items() if k in new}, **old}  # a run saved before a field was added
   changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if k not in resumable and old.get(k) != new.get(k)]
   if changed:

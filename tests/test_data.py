@@ -92,6 +92,34 @@ def test_epoch_indices_shuffled_and_in_order(key):
   np.testing.assert_array_equal(in_order, np.arange(100).reshape(10, 10))
 
 
+def test_sharded_epochs_take_each_batch_evenly_from_every_shard(key):
+  """data.shards=3 over 100 examples (shards of 33; example 99 in none), batches of 12: 4 examples of each shard per
+  batch, shard 0 first, every example of a shard's first 32 once per epoch, each shard in its own order."""
+  idx = np.asarray(data.epoch_indices(key, 0, 100, 12, shards=3))
+  assert idx.shape == (data.steps_per_epoch(100, 12, 3), 12) == (8, 12)
+  for shard in range(3):
+    block = idx[:, 4 * shard:4 * shard + 4]
+    assert block.min() >= 33 * shard and block.max() < 33 * (shard + 1), block
+    assert len(set(block.ravel().tolist())) == 32  # no example twice in an epoch
+  assert 99 not in idx
+  np.testing.assert_array_equal(idx, data.epoch_indices(key, 0, 100, 12, shards=3))  # a function of (key, epoch)
+  assert not np.array_equal(idx, data.epoch_indices(key, 1, 100, 12, shards=3))
+  assert not np.array_equal(idx[:, :4], idx[:, 4:8] - 33)  # the shards are not permuted alike
+  in_order = np.asarray(data.epoch_indices(key, 2, 100, 12, shuffle=False, shards=3))
+  np.testing.assert_array_equal(in_order[1], [4, 5, 6, 7, 37, 38, 39, 40, 70, 71, 72, 73])
+  with pytest.raises(UserError, match="batch_size=10 does not divide into data.shards=3"):
+    data.epoch_indices(key, 0, 100, 10, shards=3)
+
+
+def test_each_process_holds_its_own_shards_and_a_count_that_does_not_divide_is_refused():
+  assert [data.process_share(103, 4, p, 2) for p in (0, 1)] == [(0, 50, 103), (50, 100, 103)]
+  assert data.process_share(103, 4, 3, 4) == (75, 100, 103)
+  with pytest.raises(UserError, match="data.shards=3 does not divide over the 2 processes"):
+    data.process_share(100, 3, 0, 2)
+  with pytest.raises(UserError, match="data.shards must be a positive integer"):
+    data.check_shards(0, 100)
+
+
 def test_tfds_path_on_a_tiny_prepared_copy(tfds_dir, idx_dir):
   # tfds.testing.mock_data would be the usual way, but it aborts the process with TF 2.21
   # (std::length_error in from_generator), so a tiny dataset is prepared from the fake IDX files.
@@ -318,14 +346,14 @@ def test_a_run_on_uint8_pixels_ends_where_the_float_path_ends_bit_for_bit(make_c
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("scaling", ["unit", "centered"])  # uint8 codes on the host; floats on the host
-def test_a_host_fed_run_ends_where_the_on_device_run_ends(make_config, tmp_path, scaling):
+@pytest.mark.parametrize("scaling,shards", [("unit", 1), ("centered", 1), ("unit", 2)])  # uint8 codes; floats
+def test_a_host_fed_run_ends_where_the_on_device_run_ends(make_config, tmp_path, scaling, shards):
   from jaxae import loop  # pylint: disable=import-outside-toplevel
   from jaxae.run import TrainedRun  # pylint: disable=import-outside-toplevel
   ends = {}
   for feed in ("device", "host"):
     config = make_config(epochs=2)
-    config.data.feed, config.data.scaling = feed, scaling
+    config.data.feed, config.data.scaling, config.data.shards = feed, scaling, shards
     if feed == "host":
       from jaxae.run import Components  # pylint: disable=import-outside-toplevel
       assert data.on_host(Components.from_config(config).data.train.x)

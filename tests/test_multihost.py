@@ -78,15 +78,16 @@ def reference(tmp_path_factory, idx_dir):
   changes none of its numbers, so every test of that length compares against the one run."""
   runs = {}
 
-  def run(epochs: int) -> str:
-    if epochs not in runs:
+  def run(epochs: int, *flags: str) -> str:
+    if (epochs, flags) not in runs:
       workdir = str(tmp_path_factory.mktemp("reference") / f"epochs{epochs}")
       ref = subprocess.run([sys.executable, "-m", "experiments.main", "--config", CONFIG, *idx_flags(idx_dir),
-                            f"--config.epochs={epochs}", FOUR, "--config.data.feed=device", "--workdir", workdir],
+                            f"--config.epochs={epochs}", FOUR, "--config.data.feed=device", *flags,
+                            "--workdir", workdir],
                            cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600, check=False)
       assert ref.returncode == 0, ref.stderr[-3000:]
-      runs[epochs] = workdir
-    return runs[epochs]
+      runs[epochs, flags] = workdir
+    return runs[epochs, flags]
   return run
 
 
@@ -114,17 +115,21 @@ def test_two_processes_train_as_one_four_device_run(idx_dir, tmp_path, reference
     np.testing.assert_allclose(m["test/loss"], s["test/loss"], rtol=1e-5)
 
 
-def test_two_processes_fed_from_the_host_train_as_one_device_fed_process(idx_dir, tmp_path, reference):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_two_processes_fed_from_the_host_train_as_one_device_fed_process(idx_dir, tmp_path, reference, shards):
   """--config.data.feed=host on 2 processes of 2 devices: each process sends its devices' shares of every batch; the
-  run ends where one 4-device process with the data on its devices ends."""
-  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=2"]
+  run ends where one 4-device process with the data on its devices ends. With data.shards=2 each process holds
+  only its own shard of the training split, and the batches are those of any run with 2 shards."""
+  args = ["--config", CONFIG, *idx_flags(idx_dir), "--config.epochs=2", f"--config.data.shards={shards}"]
   fed = str(tmp_path / "fed")
   procs = _start_two([*args, "--config.data.feed=host"], fed, str(tmp_path / "p"))
-  single = reference(2)
+  single = reference(2, *([f"--config.data.shards={shards}"] if shards > 1 else []))
   for proc, out, err in procs:
     assert proc.wait(timeout=600) == 0, (_read(out)[-2000:], _read(err)[-3000:])
   _ended_alike(fed, single)
   assert [r["epoch"] for r in metrics.read_metrics(fed)] == [1, 2]
+  held = "Each of the 2 processes holds only its shards of the training split: 256 of its 512 examples"
+  assert (held in _read(procs[0][1])) == (shards == 2), _read(procs[0][1])[-2000:]
 
 
 def test_a_sweep_on_two_processes_trains_each_run_once_as_one_process_does(idx_dir, tmp_path):

@@ -244,6 +244,18 @@ def test_resuming_with_another_config_is_refused_unless_allowed(make_config, tmp
   assert int(state.step) == 32
 
 
+def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value_and_not_another(make_config, tmp_path):
+  loop.train_and_evaluate(make_config(epochs=1), str(tmp_path))
+  with open(tmp_path / "config.json", encoding="utf-8") as f:
+    saved = json.load(f)
+  del saved["data"]["shards"]  # as an older jaxae wrote it
+  with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+    json.dump(saved, f)
+  with pytest.raises(UserError, match=r"another config \(data.shards: 1 -> 2\)"):
+    loop.train_and_evaluate(make_config(epochs=2, data={**make_config().data, "shards": 2}), str(tmp_path))
+  assert int(loop.train_and_evaluate(make_config(epochs=2), str(tmp_path)).step) == 16
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"encoder_features": (32, 0)}, "encoder_features must be positive widths"),
     ({"decoder_features": (32, 100)}, r"reconstructs examples of shape \(100,\), the data has \(784,\)"),

@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.test_subset = 0          # first N test images (0 = all)
   c.data.train_classes = ()       # train on these labels only, e.g. (0, ..., 8) for anomaly detection (() = all)
   c.data.feed = "auto"            # training split on the device, or "host" (each chunk's batches sent); auto: by size
+  c.data.shards = 1               # N: batches take batch_size/N examples of each of N shards; fed from the host on
+                                  # several processes, each keeps only its shards (docs/devices.md); 1: one permutation
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "dense"          # a key of jaxae.models.MODELS (yours: @jaxae.models.register, module in imports)
