@@ -337,6 +337,17 @@ def check_shards(shards: int, num_examples: int) -> None:
     raise UserError(f"data.shards={shards} is more than the {num_examples} training examples; lower it.")
 
 
+def check_batch_shards(batch_size: int, shards: int, num_examples: int) -> None:
+  """UserError where batches of `batch_size` cannot take as many examples of each of `shards` shards."""
+  if batch_size % shards:
+    raise UserError(f"config.batch_size={batch_size} does not divide into data.shards={shards} (each batch takes "
+                    "as many examples of every shard); set --config.batch_size to a multiple of the shards.")
+  if batch_size // shards > num_examples // shards:
+    raise UserError(f"config.batch_size={batch_size} takes {batch_size // shards} examples of each of the "
+                    f"data.shards={shards} shards, which hold {num_examples // shards}; lower --config.batch_size or "
+                    "data.shards.")
+
+
 def process_share(num_examples: int, shards: int, process: int, processes: int) -> Share:
   """The rows of a training split of `num_examples` in `shards` shards that process `process` of `processes` holds:
   its shards process * shards / processes to (process + 1) * shards / processes (each num_examples // shards rows;
@@ -408,9 +419,7 @@ def epoch_indices(data_key: jax.Array, epoch: int, num_examples: int, batch_size
     else:
       order = jnp.arange(num_examples)
     return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
-  if batch_size % shards:
-    raise UserError(f"batch_size={batch_size} does not divide into data.shards={shards}; each batch takes as many "
-                    "examples of every shard: set --config.batch_size to a multiple of the shards.")
+  check_batch_shards(batch_size, shards, num_examples)
   per, b = num_examples // shards, batch_size // shards
   steps, key = per // b, jax.random.fold_in(data_key, epoch)
   columns = []

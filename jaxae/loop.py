@@ -84,18 +84,11 @@ def place(components: Components, *, memory_limit: int | None = None) -> tuple[C
   batch larger than the data or not divisible."""
   s = components.settings
   n_train = components.data.train_examples
-  shards = components.data_shards
-  if s.batch_size % shards:
-    raise UserError(f"config.batch_size={s.batch_size} does not divide into data.shards={shards} (each batch takes "
-                    "as many examples of every shard); set --config.batch_size to a multiple of the shards.")
   if s.batch_size > n_train:
     raise UserError(f"config.batch_size={s.batch_size} is larger than the {n_train} training "
                     "examples; lower --config.batch_size or use more data (--config.data.train_subset=0 "
                     "keeps all).")
-  if s.batch_size // shards > n_train // shards:
-    raise UserError(f"config.batch_size={s.batch_size} takes {s.batch_size // shards} examples of each of the "
-                    f"data.shards={shards} shards, which hold {n_train // shards}; lower --config.batch_size or "
-                    "data.shards.")
+  data.check_batch_shards(s.batch_size, components.data_shards, n_train)
   flops = (components.step_flops() if jax.device_count() > 1 and jax.process_count() == 1 and not s.num_devices
            else None)  # several hosts take every device: nothing to decide
   mesh = parallel.make_mesh(parallel.devices_for_batch(s.batch_size, s.num_devices, flops))

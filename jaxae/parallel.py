@@ -164,7 +164,8 @@ def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
   starts, stops = [i[0].start or 0 for i in index], [batch_size if i[0].stop is None else i[0].stop for i in index]
   lo, hi = min(starts), max(stops)
   if sum(b - a for a, b in set(zip(starts, stops))) != hi - lo:
-    raise ValueError(f"this process's devices hold no contiguous block of the batch: {sorted(zip(starts, stops))}")
+    raise UserError(f"This process's devices hold no contiguous block of each batch ({sorted(zip(starts, stops))}), "
+                    "so it cannot feed only its own shards; set --config.data.shards=1.")
   return lo, hi
 
 
